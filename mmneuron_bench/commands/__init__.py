@@ -1,0 +1,1 @@
+"""Built-in subcommands of ``mmneuron-bench``, one module each."""

@@ -1,0 +1,85 @@
+"""``mmneuron-bench adapters``: what is installed, and the components of a model."""
+
+from __future__ import annotations
+
+import json
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from mmneuron_bench.adapter import Component
+from mmneuron_bench.plugins import PluginRegistry, get_registry
+
+
+def _adapters_table(registry: PluginRegistry) -> Table:
+    table = Table(title="Installed adapters")
+    for column in ("adapter", "plugin", "source", "model types", "lmms-eval model"):
+        table.add_column(column)
+    for name, entry in registry.adapters.items():
+        adapter = entry.adapter
+        kinds = ", ".join(adapter.model_types + adapter.architectures)
+        source = "built-in" if entry.builtin else "third-party"
+        table.add_row(name, entry.plugin, source, kinds, adapter.lmms_eval_model)
+    return table
+
+
+def _components_table(title: str, components: list[Component]) -> Table:
+    table = Table(title=title)
+    for column in ("component", "role", "layers", "width", "module", "unused layers"):
+        table.add_column(column)
+    for c in components:
+        unused = ", ".join(map(str, c.unused_layers)) or "-"
+        table.add_row(
+            c.name, c.role, str(c.info.layers), str(c.info.width), c.spec.activation, unused
+        )
+    return table
+
+
+def components_json(components: list[Component]) -> dict:
+    """Components described as in a stats file's metadata, plus module pattern and unused layers."""
+    return {
+        c.name: {**c.info.to_meta(), "module": c.spec.activation, "unused_layers": list(c.unused_layers)}
+        for c in components
+    }
+
+
+@click.command()
+@click.option("--pretrained", help="Model path or Hugging Face id: show its components.")
+@click.option("--model", "adapter_name", help="Adapter name (default: chosen from the config).")
+@click.option("--check", is_flag=True, help="Load the weights and check every hook fires.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+def adapters(pretrained: str | None, adapter_name: str | None, check: bool, as_json: bool) -> None:
+    """List installed adapters, or the components of the model at --pretrained."""
+    registry = get_registry()
+    console = Console()
+    err = Console(stderr=True)
+    for problem in registry.problems:
+        err.print(f"[yellow]warning:[/] plugin {problem.plugin!r}: {problem.message}", markup=True)
+    if pretrained is None:
+        if as_json:
+            click.echo(json.dumps(_adapters_json(registry), indent=2))
+        else:
+            console.print(_adapters_table(registry))
+        return
+    from mmneuron_bench.loading import resolve_components
+
+    adapter, components = resolve_components(registry, pretrained, adapter_name, check=check)
+    if as_json:
+        click.echo(json.dumps(components_json(components), indent=2))
+    else:
+        console.print(_components_table(f"{adapter.name}: {pretrained}", components))
+
+
+def _adapters_json(registry: PluginRegistry) -> list[dict]:
+    return [
+        {
+            "name": name,
+            "plugin": entry.plugin,
+            "builtin": entry.builtin,
+            "model_types": list(entry.adapter.model_types),
+            "architectures": list(entry.adapter.architectures),
+            "lmms_eval_model": entry.adapter.lmms_eval_model,
+        }
+        for name, entry in registry.adapters.items()
+    ]

@@ -1,0 +1,60 @@
+"""Loading a model and its adapter from a path or hub id, with errors that name the problem."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mmneuron_bench.adapter import Component, LoadedModel, ModelAdapter
+from mmneuron_bench.errors import AdapterError, MMNeuronError
+from mmneuron_bench.plugins import PluginRegistry
+
+
+def load_config(pretrained: str) -> Any:
+    """The transformers config at ``pretrained``; a missing model is a one-line error."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(pretrained)
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise MMNeuronError(f"cannot load model config from {pretrained!r}: {first}") from None
+
+
+def pick_adapter(registry: PluginRegistry, config: Any, adapter_name: str | None) -> ModelAdapter:
+    """The named adapter (checked against the config), or the one that handles the config."""
+    if adapter_name is None:
+        return registry.adapter_for_config(config)
+    adapter = registry.adapter(adapter_name)
+    if not adapter.handles(config):
+        raise AdapterError(
+            f"adapter {adapter_name!r} does not handle model type {config.model_type!r}"
+        )
+    return adapter
+
+
+def load_model(
+    registry: PluginRegistry,
+    pretrained: str,
+    adapter_name: str | None = None,
+    dtype: str = "auto",
+    device: str = "cpu",
+) -> LoadedModel:
+    """Pick the adapter and load model and processor through ``from_pretrained``."""
+    adapter = pick_adapter(registry, load_config(pretrained), adapter_name)
+    return adapter.load(pretrained, dtype=dtype, device=device)
+
+
+def resolve_components(
+    registry: PluginRegistry, pretrained: str, adapter_name: str | None, check: bool = False
+) -> tuple[ModelAdapter, list[Component]]:
+    """Components of a model; without ``check`` no weights are loaded (meta-device skeleton)."""
+    from mmneuron_bench.hookcheck import check_hooks_fire
+
+    config = load_config(pretrained)
+    adapter = pick_adapter(registry, config, adapter_name)
+    if not check:
+        return adapter, adapter.resolve(adapter.skeleton(config))
+    loaded = adapter.load(pretrained)
+    components = adapter.resolve(loaded.model)
+    check_hooks_fire(loaded, components)
+    return adapter, components
