@@ -20,7 +20,11 @@ class InstructBlipAdapter(ModelAdapter):
     lmms_eval_model = "instructblip"
     components = (
         ComponentSpec(
-            "vision", "vision", _VISION + ".{i}.mlp.activation_fn", _VISION + ".{i}.mlp.fc1", _VISION
+            "vision",
+            "vision",
+            _VISION + ".{i}.mlp.activation_fn",
+            _VISION + ".{i}.mlp.fc1",
+            _VISION,
         ),
         ComponentSpec(
             "qformer_query",

@@ -19,7 +19,11 @@ class LlavaAdapter(ModelAdapter):
     lmms_eval_model = "llava_hf"
     components = (
         ComponentSpec(
-            "vision", "vision", _VISION + ".{i}.mlp.activation_fn", _VISION + ".{i}.mlp.fc1", _VISION
+            "vision",
+            "vision",
+            _VISION + ".{i}.mlp.activation_fn",
+            _VISION + ".{i}.mlp.fc1",
+            _VISION,
         ),
         ComponentSpec(
             "projector",
@@ -35,7 +39,9 @@ class LlavaAdapter(ModelAdapter):
     final_norm = "model.language_model.norm"
     lm_head = "lm_head"
 
-    def unused_layers(self, model: nn.Module, spec: ComponentSpec, n_layers: int) -> tuple[int, ...]:
+    def unused_layers(
+        self, model: nn.Module, spec: ComponentSpec, n_layers: int
+    ) -> tuple[int, ...]:
         """Vision layers after ``vision_feature_layer`` (LLaVA reads ``hidden_states[-2]``)."""
         if spec.role != "vision":
             return ()

@@ -1,4 +1,4 @@
-"""LLaVA-NeXT (``LlavaNextForConditionalGeneration``): LLaVA's modules with any-resolution tiling."""
+"""LLaVA-NeXT (`LlavaNextForConditionalGeneration`): LLaVA's modules, any-resolution tiling."""
 
 from __future__ import annotations
 

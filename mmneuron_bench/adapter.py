@@ -109,7 +109,9 @@ class ModelAdapter:
     model_types: ClassVar[tuple[str, ...]] = ()
     architectures: ClassVar[tuple[str, ...]] = ()
     model_class: ClassVar[str]
-    lmms_eval_model: ClassVar[str]
+    # The lmms-eval model that runs this family; None when lmms-eval has none (then the
+    # adapter serves recording and analyses, and evaluation names its own base model).
+    lmms_eval_model: ClassVar[str | None] = None
     components: ClassVar[tuple[ComponentSpec, ...]]
     decoder_layers: ClassVar[str]
     final_norm: ClassVar[str]
@@ -117,8 +119,8 @@ class ModelAdapter:
 
     def validate(self) -> None:
         """Fail early on an adapter class that is missing a declaration."""
-        for attr in ("name", "model_class", "lmms_eval_model", "components", "decoder_layers",
-                     "final_norm", "lm_head"):
+        required = ("name", "model_class", "components", "decoder_layers", "final_norm", "lm_head")
+        for attr in required:
             if not getattr(self, attr, None):
                 raise TypeError(f"{type(self).__name__} does not set {attr!r}")
         if not (self.model_types or self.architectures):
@@ -176,7 +178,9 @@ class ModelAdapter:
         info = ComponentInfo(spec.name, spec.role, n_layers, widths.pop())
         return Component(info, spec, modules, self.unused_layers(model, spec, n_layers))
 
-    def unused_layers(self, model: nn.Module, spec: ComponentSpec, n_layers: int) -> tuple[int, ...]:
+    def unused_layers(
+        self, model: nn.Module, spec: ComponentSpec, n_layers: int
+    ) -> tuple[int, ...]:
         """Layers of a component whose output the model never uses (none by default)."""
         return ()
 
@@ -207,6 +211,23 @@ class ModelAdapter:
         if attention is not None:
             roles[attention == 0] = PAD
         return roles
+
+    def positions(
+        self, model: nn.Module, inputs: dict[str, torch.Tensor], token_scope: str = "all"
+    ) -> dict[str, torch.Tensor | None]:
+        """Real positions per :attr:`ComponentSpec.positions` kind (None: every position).
+
+        ``token_scope`` (``all``, ``image`` or ``text``) narrows the language model's
+        positions; vision and connector components see image features only.
+        """
+        roles = self.token_roles(model, inputs)
+        wanted = {"all": roles != PAD, "image": roles == IMAGE, "text": roles == TEXT}
+        if token_scope not in wanted:
+            raise ValueError(f"token scope must be all, image or text, not {token_scope!r}")
+        kinds: dict[str, torch.Tensor | None] = {"all": None, "llm": wanted[token_scope]}
+        if "qformer_attention_mask" in inputs:
+            kinds["qformer_text"] = inputs["qformer_attention_mask"].bool()
+        return kinds
 
     def format_prompt(self, processor: Any, question: str) -> str:
         """The text given to the processor for one image and one question.

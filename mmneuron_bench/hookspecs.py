@@ -7,7 +7,8 @@ the built-in adapters register through that group exactly as third-party ones do
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import pluggy
 

@@ -79,7 +79,9 @@ class PluginRegistry:
 
     def _impls(self, hook_name: str) -> list[tuple[str, Any]]:
         """Implementations of one hook in load order (built-ins first), with plugin names."""
-        impls = {impl.plugin_name: impl for impl in getattr(self.manager.hook, hook_name).get_hookimpls()}
+        impls = {
+            impl.plugin_name: impl for impl in getattr(self.manager.hook, hook_name).get_hookimpls()
+        }
         order = [name for name, _ in self.manager.list_name_plugin()]
         return [(name, impls[name]) for name in order if name in impls]
 
@@ -97,7 +99,9 @@ class PluginRegistry:
 
     def _add_adapter(self, adapter: ModelAdapter, plugin: str, builtin: bool) -> None:
         if not isinstance(adapter, ModelAdapter):
-            raise TypeError(f"register() expects a ModelAdapter instance, got {type(adapter).__name__}")
+            raise TypeError(
+                f"register() expects a ModelAdapter instance, got {type(adapter).__name__}"
+            )
         adapter.validate()
         taken = self.adapters.get(adapter.name)
         if taken is not None:

@@ -18,16 +18,18 @@ def _adapters_table(registry: PluginRegistry) -> Table:
         table.add_column(column)
     for name, entry in registry.adapters.items():
         adapter = entry.adapter
-        kinds = ", ".join(adapter.model_types + adapter.architectures)
+        kinds = ", ".join(adapter.model_types or adapter.architectures)
         source = "built-in" if entry.builtin else "third-party"
-        table.add_row(name, entry.plugin, source, kinds, adapter.lmms_eval_model)
+        table.add_row(name, entry.plugin, source, kinds, adapter.lmms_eval_model or "-")
     return table
 
 
 def _components_table(title: str, components: list[Component]) -> Table:
     table = Table(title=title)
-    for column in ("component", "role", "layers", "width", "module", "unused layers"):
+    for column in ("component", "role", "layers", "width"):
         table.add_column(column)
+    table.add_column("module", overflow="fold")
+    table.add_column("unused layers")
     for c in components:
         unused = ", ".join(map(str, c.unused_layers)) or "-"
         table.add_row(
@@ -39,7 +41,11 @@ def _components_table(title: str, components: list[Component]) -> Table:
 def components_json(components: list[Component]) -> dict:
     """Components described as in a stats file's metadata, plus module pattern and unused layers."""
     return {
-        c.name: {**c.info.to_meta(), "module": c.spec.activation, "unused_layers": list(c.unused_layers)}
+        c.name: {
+            **c.info.to_meta(),
+            "module": c.spec.activation,
+            "unused_layers": list(c.unused_layers),
+        }
         for c in components
     }
 

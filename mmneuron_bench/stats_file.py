@@ -1,0 +1,294 @@
+"""Activation statistics files (`mmneuron-stats/1`): per-domain neuron activation counts.
+
+Counts are additive, so files recorded over disjoint samples (shards, GPUs) merge by summing.
+Loading validates everything; every problem is a one-line `FileFormatError` naming the file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from mmneuron_bench.atomic import atomic_write
+from mmneuron_bench.components import ComponentInfo, components_from_json, components_to_json
+from mmneuron_bench.errors import FileFormatError, MaskMismatchError
+
+FORMAT = "mmneuron-stats/1"
+TOKEN_SCOPES = ("all", "image", "text")
+
+
+@dataclass
+class ActivationStats:
+    """Counts of one recording: tensors are keyed by component name, axis 0 is `domains`."""
+
+    domains: list[str]
+    components: dict[str, ComponentInfo]
+    model: dict
+    token_scope: str
+    samples: dict[str, int]
+    active: dict[str, torch.Tensor]  # int64 [D, L, N]: tokens with activation > 0
+    tokens: dict[str, torch.Tensor]  # int64 [D, L]: tokens seen by the layer
+    sum: dict[str, torch.Tensor]  # float64 [D, L, N]: sum of activation values
+
+    @classmethod
+    def empty(
+        cls,
+        domains: Sequence[str],
+        components: dict[str, ComponentInfo],
+        model: dict,
+        token_scope: str,
+    ) -> ActivationStats:
+        """All-zero statistics, ready for a recorder to add counts into."""
+        d = len(domains)
+        return cls(
+            domains=list(domains),
+            components=dict(components),
+            model=dict(model),
+            token_scope=token_scope,
+            samples={name: 0 for name in domains},
+            active={
+                c: torch.zeros(d, i.layers, i.width, dtype=torch.int64)
+                for c, i in components.items()
+            },
+            tokens={c: torch.zeros(d, i.layers, dtype=torch.int64) for c, i in components.items()},
+            sum={
+                c: torch.zeros(d, i.layers, i.width, dtype=torch.float64)
+                for c, i in components.items()
+            },
+        )
+
+    def activation_probability(self, component: str) -> torch.Tensor:
+        """`p[d, l, n] = active / tokens` as float64 `[D, L, N]`; 0 where a layer saw no tokens."""
+        tokens = self.tokens[component].unsqueeze(-1)
+        p = self.active[component].double() / tokens.clamp(min=1)
+        return p.masked_fill_(tokens == 0, 0.0)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Validate, then write atomically (the target is complete or untouched)."""
+        _validate(self, Path(path))
+        tensors = {}
+        for c in self.components:
+            tensors[f"{c}.active"] = _own(self.active[c])
+            tensors[f"{c}.tokens"] = _own(self.tokens[c])
+            tensors[f"{c}.sum"] = _own(self.sum[c])
+        metadata = {
+            "format": FORMAT,
+            "domains": json.dumps(self.domains),
+            "components": components_to_json(self.components),
+            "model": json.dumps(self.model),
+            "token_scope": self.token_scope,
+            "samples": json.dumps(self.samples),
+        }
+        atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> ActivationStats:
+        """Read and fully validate a stats file; raises FileFormatError on any problem."""
+        path = Path(path)
+        meta, tensors = read_safetensors(path, FORMAT)
+        components = parse_components(meta, path)
+        samples = meta_json(meta, "samples", path)
+        if not isinstance(samples, dict):
+            raise format_error(path, "metadata 'samples' is not a JSON object")
+        stats = cls(
+            domains=parse_domains(meta, path),
+            components=components,
+            model=parse_model(meta, path),
+            token_scope=meta_text(meta, "token_scope", path),
+            samples=samples,
+            active={c: tensors.pop(f"{c}.active", None) for c in components},
+            tokens={c: tensors.pop(f"{c}.tokens", None) for c in components},
+            sum={c: tensors.pop(f"{c}.sum", None) for c in components},
+        )
+        if tensors:
+            raise format_error(path, f"unexpected tensor {sorted(tensors)[0]!r}")
+        _validate(stats, path)
+        return stats
+
+
+def merge(stats_list: Sequence[ActivationStats]) -> ActivationStats:
+    """Sum statistics recorded over disjoint samples of the same model, components and domains.
+
+    Raises MaskMismatchError naming the first field that differs (model adapter or fingerprint,
+    token scope, domains, components).
+    """
+    if not stats_list:
+        raise ValueError("merge needs at least one stats object")
+    first = stats_list[0]
+    for i, other in enumerate(stats_list[1:], start=2):
+        for field, a, b in (
+            ("model adapter", first.model.get("adapter"), other.model.get("adapter")),
+            ("model fingerprint", first.model.get("fingerprint"), other.model.get("fingerprint")),
+            ("token_scope", first.token_scope, other.token_scope),
+            ("domains", first.domains, other.domains),
+        ):
+            if a != b:
+                raise MaskMismatchError(
+                    f"cannot merge stats {i} into stats 1: {field} differs ({b!r} vs {a!r})"
+                )
+        problem = component_mismatch(first.components, other.components, "stats 1", f"stats {i}")
+        if problem:
+            raise MaskMismatchError(f"cannot merge stats {i} into stats 1: {problem}")
+    return ActivationStats(
+        domains=list(first.domains),
+        components=dict(first.components),
+        model=dict(first.model),
+        token_scope=first.token_scope,
+        samples={d: sum(s.samples[d] for s in stats_list) for d in first.domains},
+        active={c: sum(s.active[c] for s in stats_list) for c in first.components},
+        tokens={c: sum(s.tokens[c] for s in stats_list) for c in first.components},
+        sum={c: sum(s.sum[c] for s in stats_list) for c in first.components},
+    )
+
+
+def _own(tensor: torch.Tensor) -> torch.Tensor:
+    """A contiguous copy: safetensors refuses views that share storage with another tensor."""
+    return tensor.clone(memory_format=torch.contiguous_format)
+
+
+def _validate(stats: ActivationStats, path: Path) -> None:
+    """Check the object is what a stats file promises: shapes, dtypes and counts agree."""
+    check_header(stats.domains, stats.components, path)
+    if stats.token_scope not in TOKEN_SCOPES:
+        scopes = ", ".join(TOKEN_SCOPES)
+        raise format_error(
+            path, f"metadata 'token_scope' is {stats.token_scope!r}, expected one of {scopes}"
+        )
+    bad = [k for k, v in stats.samples.items() if type(v) is not int or v < 0]
+    if set(stats.samples) != set(stats.domains) or bad:
+        raise format_error(path, "metadata 'samples' must give a count >= 0 for each domain")
+    d = len(stats.domains)
+    for c, info in stats.components.items():
+        active, tokens = stats.active.get(c), stats.tokens.get(c)
+        check_tensor(path, f"{c}.active", active, torch.int64, (d, info.layers, info.width))
+        check_tensor(path, f"{c}.tokens", tokens, torch.int64, (d, info.layers))
+        check_tensor(
+            path, f"{c}.sum", stats.sum.get(c), torch.float64, (d, info.layers, info.width)
+        )
+        if bool((active < 0).any()) or bool((tokens < 0).any()):
+            raise format_error(path, f"component {c!r} has negative counts")
+        if bool((active > tokens.unsqueeze(-1)).any()):
+            raise format_error(
+                path, f"component {c!r} has a neuron active on more tokens than its layer saw"
+            )
+
+
+# Helpers shared with mask_file: reading, metadata parsing and comparing components.
+
+
+def format_error(path: Path, problem: str) -> FileFormatError:
+    """A one-line FileFormatError naming the file and the problem."""
+    return FileFormatError(f"{path}: {' '.join(problem.split())}")
+
+
+def read_safetensors(path: Path, fmt: str) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """Metadata and tensors of a safetensors file whose `format` metadata is `fmt`."""
+    if not path.exists():
+        raise format_error(path, "no such file")
+    try:
+        with safe_open(path, "pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # safetensors raises several types for damaged files
+        raise format_error(path, f"not a readable safetensors file ({e})") from e
+    found = meta.get("format")
+    if found != fmt:
+        why = "it has no 'format' metadata" if found is None else f"its format is {found!r}"
+        raise format_error(path, f"not a {fmt} file ({why})")
+    return meta, tensors
+
+
+def meta_text(meta: dict[str, str], key: str, path: Path) -> str:
+    """The metadata value `key`, which must be present."""
+    if key not in meta:
+        raise format_error(path, f"metadata {key!r} is missing")
+    return meta[key]
+
+
+def meta_json(meta: dict[str, str], key: str, path: Path) -> object:
+    """Parse the JSON metadata value `key`."""
+    text = meta_text(meta, key, path)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise format_error(path, f"metadata {key!r} is not valid JSON ({e})") from e
+
+
+def parse_domains(meta: dict[str, str], path: Path) -> list[str]:
+    """The `domains` metadata: a JSON list of names (checked by `check_header`)."""
+    domains = meta_json(meta, "domains", path)
+    if not isinstance(domains, list):
+        raise format_error(path, "metadata 'domains' is not a JSON list")
+    return domains
+
+
+def parse_components(meta: dict[str, str], path: Path) -> dict[str, ComponentInfo]:
+    """The `components` metadata as ComponentInfo objects."""
+    text = meta_text(meta, "components", path)
+    try:
+        return components_from_json(text)
+    except (ValueError, KeyError, TypeError) as e:
+        raise format_error(path, f"metadata 'components' is invalid ({e})") from e
+
+
+def parse_model(meta: dict[str, str], path: Path) -> dict:
+    """The `model` metadata: a JSON object (adapter, name_or_path, fingerprint)."""
+    model = meta_json(meta, "model", path)
+    if not isinstance(model, dict):
+        raise format_error(path, "metadata 'model' is not a JSON object")
+    return model
+
+
+def check_header(domains: list, components: dict[str, ComponentInfo], path: Path) -> None:
+    """Domains are distinct non-empty names and there is at least one component."""
+    if not domains or not all(isinstance(d, str) and d for d in domains):
+        raise format_error(path, "metadata 'domains' must be a non-empty list of names")
+    if len(set(domains)) != len(domains):
+        raise format_error(path, "metadata 'domains' names a domain twice")
+    if not components:
+        raise format_error(path, "metadata 'components' lists no component")
+
+
+def check_tensor(
+    path: Path, key: str, tensor: torch.Tensor | None, dtype: torch.dtype, shape: tuple[int, ...]
+) -> None:
+    """The tensor `key` exists with the given dtype and shape."""
+    if tensor is None:
+        raise format_error(path, f"tensor {key!r} is missing")
+    if tensor.dtype != dtype:
+        raise format_error(path, f"tensor {key!r} has dtype {tensor.dtype}, expected {dtype}")
+    if tuple(tensor.shape) != shape:
+        raise format_error(
+            path,
+            f"tensor {key!r} has shape {list(tensor.shape)}, the metadata implies {list(shape)}",
+        )
+
+
+def component_mismatch(
+    ours: dict[str, ComponentInfo], theirs: dict[str, ComponentInfo], our_name: str, their_name: str
+) -> str | None:
+    """Describe the first difference between two component sets, or None if they are equal."""
+    for name in theirs:
+        if name not in ours:
+            return f"component {name!r} of the {their_name} is missing from the {our_name}"
+    for name, info in ours.items():
+        if name not in theirs:
+            return f"the {our_name} has component {name!r}, which the {their_name} lacks"
+        other = theirs[name]
+        if info != other:
+            return (
+                f"component {name!r} is {_describe(info)} in the {our_name} "
+                f"but {_describe(other)} in the {their_name}"
+            )
+    return None
+
+
+def _describe(info: ComponentInfo) -> str:
+    return f"role {info.role}, {info.layers} layers x {info.width} neurons"

@@ -1,0 +1,31 @@
+"""Test helpers for mmneuron-bench and adapter authors: tiny offline checkpoints and fixtures."""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mmneuron_bench.testing.checkpoints import (
+        TINY_CHECKPOINTS,
+        build_tiny_instructblip,
+        build_tiny_llava,
+        build_tiny_llava_next,
+        tiny_image,
+    )
+
+__all__ = [
+    "TINY_CHECKPOINTS",
+    "build_tiny_instructblip",
+    "build_tiny_llava",
+    "build_tiny_llava_next",
+    "tiny_image",
+]
+
+
+def __getattr__(name: str):
+    # Lazy: the pytest plugin imports this package, and importing transformers before its
+    # `pytest_configure` would fix huggingface_hub's offline flag before it is set.
+    if name in __all__:
+        return getattr(import_module("mmneuron_bench.testing.checkpoints"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,85 @@
+"""A wheel built from the repo installs into a fresh virtual environment and works there."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import venv
+import zipfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("dist")
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "build",
+            "--wheel",
+            "--no-isolation",
+            "--outdir",
+            str(out),
+            str(REPO),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    [built] = out.glob("mmneuron_bench-*.whl")
+    return built
+
+
+def test_wheel_holds_namespaced_packages_and_entry_points(wheel):
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
+        entry_text = archive.read(entry_points).decode()
+    assert "mmneuron_bench/adapters/llava_next.py" in names
+    assert "mmneuron_bench/testing/pytest_plugin.py" in names
+    top_level = {name.split("/")[0] for name in names}
+    assert not top_level & {"adapters", "tasks", "plugins", "tests"}
+    assert (
+        "[mmneuron_bench]" in entry_text
+        and "llava_next = mmneuron_bench.adapters.llava_next" in entry_text
+    )
+    assert "mmneuron-bench = mmneuron_bench.cli:main" in entry_text
+
+
+def test_wheel_works_in_a_fresh_venv(wheel, tmp_path):
+    env_dir = tmp_path / "venv"
+    # System site-packages supply torch and transformers without a multi-GB reinstall.
+    venv.create(env_dir, system_site_packages=True, with_pip=True)
+    python = env_dir / "bin" / "python"
+    subprocess.run(
+        [python, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index", str(wheel)],
+        check=True,
+        capture_output=True,
+    )
+    run_env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    where = subprocess.run(
+        [python, "-c", "import mmneuron_bench.adapters.llava as m; print(m.__file__)"],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=run_env,
+    )
+    assert Path(where.stdout.strip()).is_relative_to(env_dir)
+    listed = subprocess.run(
+        [env_dir / "bin" / "mmneuron-bench", "adapters", "--json"],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=run_env,
+    )
+    adapters = {entry["name"]: entry for entry in json.loads(listed.stdout)}
+    assert {"llava_next", "llava", "instructblip"} <= set(adapters)
+    assert all(adapters[name]["builtin"] for name in ("llava_next", "llava", "instructblip"))
