@@ -53,6 +53,22 @@ class InstructBlipAdapter(ModelAdapter):
         """The processor inserts the query-token placeholders itself: the text is the question."""
         return question
 
+    def build_inputs(self, processor: Any, images: list, questions: list[str]) -> dict:
+        """As the processor builds them, but with the Q-Former's instruction right-padded.
+
+        The processor pads the Q-Former text on the language model's side (left); the
+        Q-Former's learned absolute positions would then depend on the batch's longest
+        question, and so would every query activation.
+        """
+        inputs = super().build_inputs(processor, images, questions)
+        texts = [self.format_prompt(processor, q) for q in questions]
+        qformer = processor.qformer_tokenizer(
+            texts, padding=True, padding_side="right", truncation=True, return_tensors="pt"
+        )
+        inputs["qformer_input_ids"] = qformer["input_ids"]
+        inputs["qformer_attention_mask"] = qformer["attention_mask"]
+        return inputs
+
 
 @hookimpl
 def mmneuron_register_adapters(register):

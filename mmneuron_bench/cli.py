@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import click
 
 from mmneuron_bench import __version__
@@ -24,10 +26,14 @@ def cli() -> None:
     """Find domain-specific neurons of multimodal LLMs and evaluate with them switched off."""
 
 
-def _add_builtin_commands(group: click.Group) -> None:
-    from mmneuron_bench.commands.adapters import adapters
+# Modules of mmneuron_bench.commands; each defines a Click command named like the module.
+BUILTIN_COMMANDS = ("adapters", "record", "select", "merge")
 
-    group.add_command(adapters)
+
+def _add_builtin_commands(group: click.Group) -> None:
+    for name in BUILTIN_COMMANDS:
+        module = importlib.import_module(f"mmneuron_bench.commands.{name}")
+        group.add_command(getattr(module, name))
 
 
 def build_cli() -> click.Group:

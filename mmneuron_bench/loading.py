@@ -58,3 +58,21 @@ def resolve_components(
     components = adapter.resolve(loaded.model)
     check_hooks_fire(loaded, components)
     return adapter, components
+
+
+def model_identity(loaded: LoadedModel, pretrained: str) -> dict:
+    """The ``model`` metadata of stats and mask files: adapter, name or path, fingerprint.
+
+    The fingerprint is the sha256 of the config and of every parameter's name and shape:
+    the same architecture and size, whatever the dtype or device it was loaded with.
+    """
+    import hashlib
+
+    digest = hashlib.sha256(loaded.model.config.to_json_string(use_diff=False).encode())
+    for name, param in loaded.model.named_parameters():
+        digest.update(f"{name}:{tuple(param.shape)};".encode())
+    return {
+        "adapter": loaded.adapter.name,
+        "name_or_path": pretrained,
+        "fingerprint": digest.hexdigest(),
+    }

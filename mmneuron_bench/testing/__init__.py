@@ -13,6 +13,7 @@ if TYPE_CHECKING:
         build_tiny_llava_next,
         tiny_image,
     )
+    from mmneuron_bench.testing.tasks import write_tiny_task
 
 __all__ = [
     "TINY_CHECKPOINTS",
@@ -20,12 +21,15 @@ __all__ = [
     "build_tiny_llava",
     "build_tiny_llava_next",
     "tiny_image",
+    "write_tiny_task",
 ]
 
 
 def __getattr__(name: str):
     # Lazy: the pytest plugin imports this package, and importing transformers before its
     # `pytest_configure` would fix huggingface_hub's offline flag before it is set.
+    if name == "write_tiny_task":
+        return import_module("mmneuron_bench.testing.tasks").write_tiny_task
     if name in __all__:
         return getattr(import_module("mmneuron_bench.testing.checkpoints"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,147 @@
+"""``mmneuron-bench record``: activation statistics of a model over domains of lmms-eval tasks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from mmneuron_bench.stats_file import ActivationStats, merge
+
+
+def _distributed_shard():
+    """This process's shard under ``accelerate launch`` (a single shard otherwise)."""
+    from accelerate import PartialState
+
+    from mmneuron_bench.record import Shard
+
+    state = PartialState()
+    return state, Shard(state.process_index, state.num_processes)
+
+
+def _all_reduce(stats: ActivationStats) -> ActivationStats:
+    """Sum every process's counts (each process recorded a disjoint shard)."""
+    import torch.distributed as dist
+
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, stats)
+    return merge(gathered)
+
+
+def _summary(stats: ActivationStats) -> Table:
+    table = Table(title="Recorded")
+    table.add_column("domain")
+    table.add_column("samples", justify="right")
+    for name in stats.components:
+        table.add_column(f"{name} tokens", justify="right")
+    for d, domain in enumerate(stats.domains):
+        counts = [str(int(stats.tokens[c][d, 0])) for c in stats.components]
+        table.add_row(domain, str(stats.samples[domain]), *counts)
+    return table
+
+
+@click.command()
+@click.option("--model", "adapter_name", help="Adapter name (default: chosen from the config).")
+@click.option("--pretrained", required=True, help="Model path or Hugging Face id.")
+@click.option(
+    "--domain",
+    "domain_specs",
+    multiple=True,
+    required=True,
+    help="NAME=TASK[,TASK...]: a domain and its lmms-eval tasks (repeat per domain).",
+)
+@click.option(
+    "--include-path", "include_paths", multiple=True, help="Extra lmms-eval task folders."
+)
+@click.option("--limit", type=click.IntRange(min=1), help="At most N documents per task.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option(
+    "--token-scope",
+    type=click.Choice(["all", "image", "text"]),
+    default="all",
+    show_default=True,
+    help="Language-model positions counted.",
+)
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
+@click.option(
+    "--dtype", default="auto", show_default=True, help="auto, float32, bfloat16, float16."
+)
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Output FILE.stats.safetensors.",
+)
+@click.option("--resume", is_flag=True, help="Continue an interrupted run from its checkpoint.")
+def record(
+    adapter_name,
+    pretrained,
+    domain_specs,
+    include_paths,
+    limit,
+    batch_size,
+    token_scope,
+    device,
+    dtype,
+    out,
+    resume,
+) -> None:
+    """Count, per neuron and domain, the tokens on which its activation is > 0."""
+    from mmneuron_bench.domains import parse_domains
+    from mmneuron_bench.loading import load_model
+    from mmneuron_bench.plugins import get_registry
+    from mmneuron_bench.record import Recording, RecordPlan
+
+    plan = RecordPlan(
+        pretrained, parse_domains(domain_specs), list(include_paths), limit, token_scope
+    )
+    state, shard = _distributed_shard()
+    if shard.world > 1 and device.startswith("cuda"):
+        device = str(state.device)
+    loaded = load_model(
+        get_registry(), pretrained, adapter_name, dtype=_dtype(dtype), device=device
+    )
+    recording = Recording(loaded, plan, shard)
+    total = sum(len(s) for s in recording.samples.values())
+    console = Console(stderr=True)
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]} samples/s"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console, disable=shard.rank != 0) as progress:
+        bar = progress.add_task("recording", total=total, rate="-")
+
+        def advance(domain: str, n: int) -> None:
+            progress.advance(bar, n)
+            speed = progress.tasks[0].speed
+            progress.update(bar, description=domain, rate=f"{speed:.1f}" if speed else "-")
+
+        stats = recording.run(out, batch_size=batch_size, resume=resume, on_batch=advance)
+    if shard.world > 1:
+        stats = _all_reduce(stats)
+    if shard.rank == 0:
+        stats.save(out)
+        Console().print(_summary(stats))
+        Console().print(f"wrote {out}")
+    state.wait_for_everyone()
+    from mmneuron_bench.record import checkpoint_path
+
+    checkpoint_path(out, plan.digest(recording.model_meta), shard).unlink(missing_ok=True)
+
+
+def _dtype(name: str):
+    if name == "auto":
+        return "auto"
+    try:
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[
+            name
+        ]
+    except KeyError:
+        raise click.BadParameter(f"unknown dtype {name!r}", param_hint="--dtype") from None

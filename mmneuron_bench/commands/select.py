@@ -1,0 +1,164 @@
+"""``mmneuron-bench select``: a neuron mask from statistics (DAPE), or a random control."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import click
+import torch
+from click.core import ParameterSource
+from rich.console import Console
+from rich.table import Table
+from safetensors import SafetensorError
+
+from mmneuron_bench.dape import dape_mask, select_random_like
+from mmneuron_bench.errors import MMNeuronError
+from mmneuron_bench.mask_file import NeuronMask, sha256_file
+from mmneuron_bench.stats_file import ActivationStats
+
+DAPE_OPTIONS = ("top_rate", "filter_rate", "bar_ratio")
+
+
+class OptionConflict(click.ClickException):
+    """Options that make no sense together: one line `Error: ...`, exit code 2 (usage)."""
+
+    exit_code = 2
+
+
+def check_out_dir(out: Path) -> None:
+    """Fail before any work when the output's folder does not exist."""
+    if not out.parent.is_dir():
+        raise MMNeuronError(f"{out}: cannot write (no folder {out.parent})")
+
+
+def write_atomically(save: Callable[[Path], None], out: Path) -> None:
+    """Call `save(out)` (an atomic writer), reporting an unwritable target as one line."""
+    try:
+        save(out)
+    except (OSError, SafetensorError) as e:
+        raise MMNeuronError(f"{out}: cannot write ({' '.join(str(e).split())})") from e
+
+
+def mask_table(mask: NeuronMask, title: str) -> Table:
+    """Selected neurons per component (rows) and domain (columns), with the distinct total."""
+    table = Table(title=title, caption="total: selected for any domain / all")
+    table.add_column("component")
+    table.add_column("role")
+    for d in mask.domains:
+        table.add_column(d, justify="right")
+    table.add_column("total", justify="right")
+    counts = mask.count()
+    for c, info in mask.components.items():
+        union = torch.stack([mask.masks[(d, c)] for d in mask.domains]).any(0)
+        total = f"{int(union.sum())} / {info.layers * info.width}"
+        table.add_row(c, info.role, *(str(counts[(d, c)]) for d in mask.domains), total)
+    return table
+
+
+@click.command()
+@click.argument("stats", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Mask file to write (*.mask.safetensors).",
+)
+@click.option(
+    "--method",
+    type=click.Choice(["dape", "random"]),
+    default="dape",
+    show_default=True,
+    help="dape: select from STATS; random: a control mask like --like.",
+)
+@click.option(
+    "--top-rate",
+    type=click.FloatRange(0, 1),
+    default=0.01,
+    show_default=True,
+    help="DAPE: fraction of each component's neurons to select.",
+)
+@click.option(
+    "--filter-rate",
+    type=click.FloatRange(0, 1),
+    default=0.95,
+    show_default=True,
+    help="DAPE: quantile of p a neuron must exceed in some domain to be eligible.",
+)
+@click.option(
+    "--bar-ratio",
+    type=click.FloatRange(0, 1),
+    default=0.95,
+    show_default=True,
+    help="DAPE: quantile of p above which a selected neuron belongs to a domain.",
+)
+@click.option(
+    "--like",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="random: the mask whose counts per domain, component and layer to reproduce.",
+)
+@click.option(
+    "--seed",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="random: seed of the random choice.",
+)
+@click.pass_context
+def select(
+    ctx: click.Context,
+    stats: Path | None,
+    out: Path,
+    method: str,
+    top_rate: float,
+    filter_rate: float,
+    bar_ratio: float,
+    like: Path | None,
+    seed: int,
+) -> None:
+    """Write a neuron mask: DAPE on the statistics file STATS, or a random control.
+
+    With --method dape (the default), STATS is required and the domain-specific neurons are
+    selected as in DESIGN.md "DAPE selection, exactly". With --method random --like MASK, STATS
+    is not given: the new mask has, for every domain, component and layer, as many neurons as
+    MASK, chosen uniformly with --seed (the paper's random baseline).
+    """
+    given = {
+        name
+        for name in (*DAPE_OPTIONS, "seed")
+        if ctx.get_parameter_source(name)
+        in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+    }
+    _check_options(method, stats, like, given)
+    check_out_dir(out)
+    if method == "dape":
+        loaded = ActivationStats.load(stats)
+        mask = dape_mask(loaded, top_rate, filter_rate, bar_ratio, source=sha256_file(stats))
+        title = f"DAPE: {stats}"
+    else:
+        mask = select_random_like(NeuronMask.load(like), seed)
+        title = f"random like {like}, seed {seed}"
+    write_atomically(mask.save, out)
+    Console().print(mask_table(mask, title))
+    click.echo(f"wrote {os.fspath(out)}")
+
+
+def _check_options(method: str, stats: Path | None, like: Path | None, given: set[str]) -> None:
+    """Refuse combinations that make no sense; `given` are the options set explicitly."""
+    if method == "dape":
+        if like is not None:
+            raise OptionConflict("--like needs --method random")
+        if "seed" in given:
+            raise OptionConflict("--seed needs --method random (DAPE is deterministic)")
+        if stats is None:
+            raise OptionConflict("--method dape needs a STATS file")
+    else:
+        if like is None:
+            raise OptionConflict("--method random needs --like MASK")
+        if stats is not None:
+            raise OptionConflict("--method random takes no STATS file (--like MASK gives counts)")
+        rates = sorted(given & set(DAPE_OPTIONS))
+        if rates:
+            option = "--" + rates[0].replace("_", "-")
+            raise OptionConflict(f"{option} applies to --method dape only")
