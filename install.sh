@@ -17,9 +17,13 @@ pin=$(mktemp)
 trap 'rm -f "$pin"' EXIT
 "$python" -c "import torch; print('torch==' + torch.__version__)" >"$pin"
 "$python" -m pip install --quiet -c "$pin" -e ".${extras}"
-# lmms-eval requires torchvision, but the PyPI wheel does not load beside the CPU torch
-# build, and transformers then fails on import. A torchvision that imports is kept.
-if "$python" -m pip show torchvision >/dev/null 2>&1 && ! "$python" -c "import torchvision" >/dev/null 2>&1; then
-  "$python" -m pip uninstall --quiet -y torchvision
-fi
+# lmms-eval requires torchvision (and timm, which imports it), but the PyPI torchvision wheel
+# does not load beside the CPU torch build; transformers then fails on import, and so does the
+# `accelerate` CLI through timm. A package of these two that does not import is removed; one
+# that imports is kept.
+for package in torchvision timm; do
+  if "$python" -m pip show "$package" >/dev/null 2>&1 && ! "$python" -c "import $package" >/dev/null 2>&1; then
+    "$python" -m pip uninstall --quiet -y "$package"
+  fi
+done
 "$python" -c "import mmneuron_bench, transformers, lmms_eval" && echo "mmneuron-bench installed"

@@ -47,3 +47,7 @@ def build_cli() -> click.Group:
 
 def main() -> None:
     build_cli()(prog_name="mmneuron-bench")
+
+
+if __name__ == "__main__":
+    main()
