@@ -89,7 +89,7 @@ def _word_level(specials: tuple[str, ...], unk: str) -> Tokenizer:
     return tok
 
 
-def _llm_tokenizer() -> PreTrainedTokenizerFast:
+def llm_tokenizer() -> PreTrainedTokenizerFast:
     """Llama-like: `<s>` prepended, no `</s>` appended, left padding."""
     tok = _word_level(SPECIAL_TOKENS, "<unk>")
     tok.post_processor = processors.TemplateProcessing(
@@ -155,7 +155,7 @@ def _clip_vision_config() -> CLIPVisionConfig:
     )
 
 
-def _build_and_save(
+def build_and_save(
     path: str | Path, build: Callable[[], tuple[PreTrainedModel, ProcessorMixin]]
 ) -> Path:
     """Build model and processor under a fixed seed (caller's RNG untouched) and save both."""
@@ -179,7 +179,7 @@ def _llava_processor(cls: type[ProcessorMixin], image_processor: object) -> Proc
     # `default` drops CLS: the `+1` CLS token and the `-1` cancel, as in llava-hf checkpoints.
     return cls(
         image_processor=image_processor,
-        tokenizer=_llm_tokenizer(),
+        tokenizer=llm_tokenizer(),
         patch_size=PATCH_SIZE,
         vision_feature_select_strategy="default",
         num_additional_image_tokens=1,
@@ -206,7 +206,7 @@ def build_tiny_llava_next(path: str | Path) -> Path:
         processor = _llava_processor(LlavaNextProcessor, image_processor)
         return LlavaNextForConditionalGeneration(config), processor
 
-    return _build_and_save(path, build)
+    return build_and_save(path, build)
 
 
 def build_tiny_llava(path: str | Path) -> Path:
@@ -226,7 +226,7 @@ def build_tiny_llava(path: str | Path) -> Path:
         processor = _llava_processor(LlavaProcessor, image_processor)
         return LlavaForConditionalGeneration(config), processor
 
-    return _build_and_save(path, build)
+    return build_and_save(path, build)
 
 
 def build_tiny_instructblip(path: str | Path) -> Path:
@@ -257,13 +257,13 @@ def build_tiny_instructblip(path: str | Path) -> Path:
         )
         processor = InstructBlipProcessor(
             image_processor=BlipImageProcessorPil(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}),
-            tokenizer=_llm_tokenizer(),
+            tokenizer=llm_tokenizer(),
             qformer_tokenizer=_qformer_tokenizer(),
             num_query_tokens=NUM_QUERY_TOKENS,
         )
         return InstructBlipForConditionalGeneration(config), processor
 
-    return _build_and_save(path, build)
+    return build_and_save(path, build)
 
 
 TINY_CHECKPOINTS: dict[str, Callable[[str | Path], Path]] = {

@@ -20,8 +20,8 @@ from mmneuron_bench.testing.checkpoints import (
     PATCH_SIZE,
     SPECIAL_TOKENS,
     WORDS,
-    _build_and_save,
-    _llm_tokenizer,
+    build_and_save,
+    llm_tokenizer,
 )
 from transformers import (
     Blip2Config,
@@ -77,9 +77,9 @@ def build_tiny_blip2(path: str | Path) -> Path:
         )
         processor = Blip2Processor(
             image_processor=BlipImageProcessorPil(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}),
-            tokenizer=_llm_tokenizer(),
+            tokenizer=llm_tokenizer(),
             num_query_tokens=NUM_QUERY_TOKENS,
         )
         return Blip2ForConditionalGeneration(config), processor
 
-    return _build_and_save(path, build)
+    return build_and_save(path, build)
