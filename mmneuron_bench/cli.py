@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import pkgutil
 
 import click
 
@@ -26,14 +27,13 @@ def cli() -> None:
     """Find domain-specific neurons of multimodal LLMs and evaluate with them switched off."""
 
 
-# Modules of mmneuron_bench.commands; each defines a Click command named like the module.
-BUILTIN_COMMANDS = ("adapters", "record", "select", "merge")
-
-
 def _add_builtin_commands(group: click.Group) -> None:
-    for name in BUILTIN_COMMANDS:
-        module = importlib.import_module(f"mmneuron_bench.commands.{name}")
-        group.add_command(getattr(module, name))
+    """Add every module of ``mmneuron_bench.commands``: each defines a command of its name."""
+    from mmneuron_bench import commands
+
+    for module_info in pkgutil.iter_modules(commands.__path__):
+        module = importlib.import_module(f"{commands.__name__}.{module_info.name}")
+        group.add_command(getattr(module, module_info.name))
 
 
 def build_cli() -> click.Group:
