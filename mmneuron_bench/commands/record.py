@@ -103,7 +103,7 @@ def record(
     if shard.world > 1 and device.startswith("cuda"):
         device = str(state.device)
     loaded = load_model(
-        get_registry(), pretrained, adapter_name, dtype=_dtype(dtype), device=device
+        get_registry(), pretrained, adapter_name, dtype=parse_dtype(dtype), device=device
     )
     recording = Recording(loaded, plan, shard)
     total = sum(len(s) for s in recording.samples.values())
@@ -136,7 +136,8 @@ def record(
     checkpoint_path(out, plan.digest(recording.model_meta), shard).unlink(missing_ok=True)
 
 
-def _dtype(name: str):
+def parse_dtype(name: str):
+    """The torch dtype named by --dtype (``auto`` lets transformers choose)."""
     if name == "auto":
         return "auto"
     try:

@@ -1,0 +1,104 @@
+"""Timing of plain prefill, prefill while recording, and prefill with a 1 % mask, on one input."""
+
+from __future__ import annotations
+
+import resource
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+
+from mmneuron_bench.adapter import Component, LoadedModel
+from mmneuron_bench.hookcheck import example_inputs
+from mmneuron_bench.mask_file import NeuronMask
+from mmneuron_bench.masking import Deactivation
+from mmneuron_bench.record import real_positions
+from mmneuron_bench.recording import ActivationRecorder
+
+PHASES = ("plain", "record", "mask")
+
+
+@dataclass
+class BenchResult:
+    seconds: dict[str, float]  # median seconds per prefill, by phase
+    peak_bytes: dict[str, int | None]  # CUDA peak allocated per phase (None on the CPU)
+    recorder_bytes: int  # the recorder's counters: fixed, whatever the number of samples
+    max_rss_bytes: int  # the process's peak resident memory
+    masked_neurons: int
+    tokens: int
+
+    def ratio(self, phase: str) -> float:
+        return self.seconds[phase] / self.seconds["plain"]
+
+
+def random_mask(components: list[Component], rate: float, seed: int) -> NeuronMask:
+    """One domain, ``round(rate * layers * width)`` random neurons per component."""
+    generator = torch.Generator().manual_seed(seed)
+    masks = {}
+    for c in components:
+        flat = torch.zeros(c.info.layers * c.info.width, dtype=torch.bool)
+        count = max(1, round(rate * flat.numel()))
+        flat[torch.randperm(flat.numel(), generator=generator)[:count]] = True
+        masks[("bench", c.name)] = flat.reshape(c.info.layers, c.info.width)
+    return NeuronMask(
+        domains=["bench"],
+        components={c.name: c.info for c in components},
+        model={},
+        method="random",
+        params={"rate": rate, "seed": seed},
+        source=None,
+        masks=masks,
+    )
+
+
+def run_bench(
+    loaded: LoadedModel, batch_size: int = 4, repeats: int = 5, rate: float = 0.01
+) -> BenchResult:
+    """Median prefill time of each phase; phases alternate within each repeat to share noise."""
+    model, adapter = loaded.model, loaded.adapter
+    components = adapter.resolve(model)
+    inputs = example_inputs(loaded, batch_size).to(model.dtype)
+    position_ids = real_positions(inputs["attention_mask"])
+    device = next(model.parameters()).device
+    recorder = ActivationRecorder(components, 1, device)
+    recorder.set_batch(0, adapter.positions(model, inputs))
+    mask = random_mask(components, rate, seed=0)
+    deactivation = Deactivation(components, mask)
+    contexts = {"plain": None, "record": recorder.hooks, "mask": lambda: deactivation}
+
+    def prefill(phase: str) -> float:
+        context = contexts[phase]
+        with torch.inference_mode():
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            if context is None:
+                model(**inputs, position_ids=position_ids)
+            else:
+                with context():
+                    model(**inputs, position_ids=position_ids)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            return time.perf_counter() - start
+
+    for phase in PHASES:  # warm-up
+        prefill(phase)
+    times = {phase: [] for phase in PHASES}
+    peaks: dict[str, int | None] = {phase: None for phase in PHASES}
+    for _ in range(repeats):
+        for phase in PHASES:
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            times[phase].append(prefill(phase))
+            if device.type == "cuda":
+                peaks[phase] = max(peaks[phase] or 0, torch.cuda.max_memory_allocated(device))
+    counters = [*recorder.active.values(), *recorder.tokens.values(), *recorder.sum.values()]
+    return BenchResult(
+        seconds={phase: statistics.median(values) for phase, values in times.items()},
+        peak_bytes=peaks,
+        recorder_bytes=sum(t.numel() * t.element_size() for t in counters),
+        max_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        masked_neurons=sum(deactivation.counts.values()),
+        tokens=int(inputs["attention_mask"].sum()),
+    )

@@ -1,0 +1,61 @@
+"""``mmneuron-bench bench``: what recording and masking cost on top of a plain prefill."""
+
+from __future__ import annotations
+
+import json
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+
+def _mb(value: int | None) -> str:
+    return "-" if value is None else f"{value / 2**20:.1f}"
+
+
+@click.command()
+@click.option("--model", "adapter_name", help="Adapter name (default: chosen from the config).")
+@click.option("--pretrained", required=True, help="Model path or Hugging Face id.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option("--repeats", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--dtype", default="auto", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+def bench(adapter_name, pretrained, batch_size, repeats, device, dtype, as_json) -> None:
+    """Time plain prefill, prefill while recording, and prefill with a random 1 % mask."""
+    from mmneuron_bench.bench import PHASES, run_bench
+    from mmneuron_bench.commands.record import parse_dtype
+    from mmneuron_bench.loading import load_model
+    from mmneuron_bench.plugins import get_registry
+
+    loaded = load_model(get_registry(), pretrained, adapter_name, parse_dtype(dtype), device)
+    result = run_bench(loaded, batch_size=batch_size, repeats=repeats)
+    if as_json:
+        figures = {
+            "seconds": result.seconds,
+            "ratios": {p: result.ratio(p) for p in PHASES},
+            "peak_cuda_bytes": result.peak_bytes,
+            "recorder_bytes": result.recorder_bytes,
+            "max_rss_bytes": result.max_rss_bytes,
+            "masked_neurons": result.masked_neurons,
+            "tokens": result.tokens,
+        }
+        click.echo(json.dumps(figures, indent=2))
+        return
+    table = Table(title=f"prefill, batch {batch_size}, {result.tokens} tokens, median of {repeats}")
+    for column in ("phase", "ms", "ratio to plain", "peak CUDA MB"):
+        table.add_column(column, justify="right" if column != "phase" else "left")
+    for phase in PHASES:
+        table.add_row(
+            phase,
+            f"{result.seconds[phase] * 1000:.1f}",
+            f"{result.ratio(phase):.3f}",
+            _mb(result.peak_bytes[phase]),
+        )
+    console = Console()
+    console.print(table)
+    console.print(
+        f"recorder counters: {_mb(result.recorder_bytes)} MB (fixed size: samples do not add to "
+        f"it); process peak RSS {_mb(result.max_rss_bytes)} MB; "
+        f"{result.masked_neurons} neurons masked"
+    )
