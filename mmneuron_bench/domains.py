@@ -36,16 +36,20 @@ def parse_domains(values: tuple[str, ...] | list[str]) -> dict[str, list[str]]:
 
 
 def load_tasks(names: list[str], include_paths: list[str]) -> dict[str, Any]:
-    """lmms-eval task objects by name, searching ``include_paths`` before the shipped tasks."""
+    """lmms-eval task objects by name: ``include_paths``, then ours (``tasks/``), then lmms-eval's."""
     for path in include_paths:
         if not os.path.isdir(path):
             raise MMNeuronError(f"include path {path!r} is not a directory")
     from lmms_eval.tasks import TaskManager
 
-    # Indexing only the include paths is fast; the shipped tasks are indexed when needed.
-    manager = TaskManager(include_path=include_paths or None, include_defaults=False)
+    from mmneuron_bench.tasks import TASKS_DIR
+
+    # The user's folders first (the first definition of a name wins), then ours. Indexing only
+    # these is fast; lmms-eval's own tasks are indexed only when a name is not found here.
+    search = [*include_paths, str(TASKS_DIR)]
+    manager = TaskManager(include_path=search, include_defaults=False)
     if not set(names) <= set(manager.all_tasks):
-        manager = TaskManager(include_path=include_paths or None)
+        manager = TaskManager(include_path=search)
     missing = sorted(set(names) - set(manager.all_tasks))
     if missing:
         where = f" (include paths: {', '.join(include_paths)})" if include_paths else ""
