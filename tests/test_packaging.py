@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -17,21 +18,20 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
+    # Build from a copy of the working tree: a build in the checkout would leave build/ and an
+    # egg-info there whose entry points shadow the installed ones while they are stale.
+    source = tmp_path_factory.mktemp("source")
+    listed = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"],
+        cwd=REPO, check=True, capture_output=True, text=True,
+    ).stdout.splitlines()  # fmt: skip
+    for name in listed:
+        if (REPO / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, source / name)
     out = tmp_path_factory.mktemp("dist")
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "build",
-            "--wheel",
-            "--no-isolation",
-            "--outdir",
-            str(out),
-            str(REPO),
-        ],
-        check=True,
-        capture_output=True,
-    )
+    build = [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(out)]
+    subprocess.run([*build, str(source)], check=True, capture_output=True)
     [built] = out.glob("mmneuron_bench-*.whl")
     return built
 
@@ -42,6 +42,10 @@ def test_wheel_holds_namespaced_packages_and_entry_points(wheel):
         entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
         entry_text = archive.read(entry_points).decode()
     assert "mmneuron_bench/adapters/llava_next.py" in names
+    for init in (REPO / "mmneuron_bench").rglob("__init__.py"):
+        package = init.relative_to(REPO).as_posix()
+        assert package in names, f"{package} is missing from the wheel: list it in pyproject.toml"
+    assert "mmneuron_bench/tasks/common/mmneuron_common_vqav2.yaml" in names
     assert "mmneuron_bench/testing/pytest_plugin.py" in names
     top_level = {name.split("/")[0] for name in names}
     assert not top_level & {"adapters", "tasks", "plugins", "tests"}

@@ -1,0 +1,315 @@
+"""``mmneuron-bench run``: lmms-eval tasks with domain-specific neurons switched off.
+
+One run evaluates the tasks once, under one mask setting; ``--grid`` evaluates every task
+under every module set (the paper's Table 1) with one loaded model, resuming where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import click
+from click.core import ParameterSource
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from mmneuron_bench.commands.select import OptionConflict
+from mmneuron_bench.errors import MMNeuronError
+
+MASK_OPTIONS = ("modules", "domain", "mode", "stats")
+
+
+def _format(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return "-" if value is None else str(value)
+
+
+def metrics_table(results: dict, described: dict, title: str) -> Table:
+    """Every metric of every task as lmms-eval aggregated it, with the domains switched off."""
+    from mmneuron_bench.evaluate import task_metrics
+
+    domains = (described.get("mask") or {}).get("domains", {})
+    table = Table(title=title)
+    for name, justify in (
+        ("task", "left"),
+        ("domain", "left"),
+        ("metric", "left"),
+        ("value", "right"),
+        ("stderr", "right"),
+        ("n", "right"),
+    ):
+        table.add_column(name, justify=justify)
+    counts = results.get("n-samples", {})
+    for row in task_metrics(results):
+        metric = row.metric if row.filter == "none" else f"{row.metric},{row.filter}"
+        table.add_row(
+            row.task,
+            "+".join(domains.get(row.task, [])) or "-",
+            metric,
+            _format(row.value),
+            _format(row.stderr),
+            _format(counts.get(row.task, {}).get("effective")),
+        )
+    return table
+
+
+def grid_table(header: dict, cells: list[dict]) -> Table:
+    """Rows: module sets (then the random baseline's); columns: tasks (domain, metric)."""
+    from mmneuron_bench.grid import plan_cells, row_label
+
+    tasks = header["tasks"]
+    table = Table(title=f"{header['model']['name_or_path']}: {header['mask']['path']}")
+    table.add_column("module set")
+    for task, info in tasks.items():
+        table.add_column(f"{task}\n{info['domain']}, {info['metric']}", justify="right")
+    values = {(c["module_set"], c["mask"], c["task"]): c["value"] for c in cells}
+    rows: dict[str, list[str]] = {}
+    for cell in plan_cells(header["module_sets"], list(tasks), header["baseline"]):
+        value = values.get((cell.module_set, cell.mask, cell.task))
+        rows.setdefault(row_label(cell.module_set, cell.mask), []).append(_format(value))
+    for label, row in rows.items():
+        table.add_row(label, *row)
+    return table
+
+
+def _given(ctx: click.Context, names: tuple[str, ...]) -> set[str]:
+    sources = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+    return {name for name in names if ctx.get_parameter_source(name) in sources}
+
+
+def _check_options(ctx: click.Context, mask, stats, mode, grid, baseline) -> None:
+    """Refuse combinations that make no sense, before anything is loaded."""
+    given = _given(ctx, MASK_OPTIONS)
+    if grid:
+        if mask is None:
+            raise OptionConflict("--grid needs --mask (the neurons to switch off)")
+        if "modules" in given:
+            raise OptionConflict("--modules does not apply to --grid, which runs every module set")
+    elif baseline is not None:
+        raise OptionConflict("--baseline needs --grid")
+    if mask is None and given:
+        raise OptionConflict(f"--{sorted(given)[0]} needs --mask")
+    if mode == "mean" and stats is None:
+        raise OptionConflict("--mode mean needs --stats (the recorded mean activations)")
+    if mode == "zero" and stats is not None:
+        raise OptionConflict("--stats needs --mode mean")
+
+
+@click.command("run")
+@click.option("--model", "adapter_name", help="Adapter name (default: chosen from the config).")
+@click.option("--pretrained", required=True, help="Model path or Hugging Face id.")
+@click.option("--base", help="lmms-eval model to wrap (default: the adapter's lmms-eval model).")
+@click.option(
+    "--mask",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Neuron mask (*.mask.safetensors); without it nothing is switched off.",
+)
+@click.option(
+    "--modules",
+    default="all",
+    show_default=True,
+    help="Roles whose neurons are switched off: all, none, or roles joined by '+' (vision+llm).",
+)
+@click.option(
+    "--domain",
+    default="auto",
+    show_default=True,
+    help="Mask domains switched off: auto (each task its own), all, or names joined by '+'.",
+)
+@click.option(
+    "--mode",
+    type=click.Choice(["zero", "mean"]),
+    default="zero",
+    show_default=True,
+    help="Set the neurons to 0, or to their mean activation (needs --stats).",
+)
+@click.option(
+    "--stats",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Stats file with the mean activations, for --mode mean.",
+)
+@click.option("--tasks", required=True, help="lmms-eval tasks, comma-separated.")
+@click.option(
+    "--include-path", "include_paths", multiple=True, help="Extra lmms-eval task folders."
+)
+@click.option("--limit", type=click.IntRange(min=1), help="At most N documents per task.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
+@click.option(
+    "--dtype", default="auto", show_default=True, help="auto, float32, bfloat16, float16."
+)
+@click.option(
+    "--output",
+    type=click.Path(file_okay=False, path_type=Path),
+    default="mmneuron-results",
+    show_default=True,
+    help="Folder for results.json, samples_TASK.jsonl, provenance.json (grid.json, grid.csv).",
+)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option(
+    "--grid",
+    is_flag=True,
+    help="Every task with its domain's neurons off, per module set none/vision/connector/llm/all.",
+)
+@click.option(
+    "--baseline",
+    type=click.Choice(["random"]),
+    help="--grid: add rows with as many random neurons per domain, component and layer.",
+)
+@click.pass_context
+def run(
+    ctx: click.Context,
+    adapter_name,
+    pretrained,
+    base,
+    mask,
+    modules,
+    domain,
+    mode,
+    stats,
+    tasks,
+    include_paths,
+    limit,
+    batch_size,
+    device,
+    dtype,
+    output,
+    seed,
+    grid,
+    baseline,
+) -> None:
+    """Evaluate lmms-eval tasks through the mmneuron model (neurons of --mask switched off).
+
+    The tasks run through lmms-eval's own evaluator, prompts and metrics; decoding is greedy
+    unless a task asks otherwise, and every seed is --seed, so a command gives the same
+    numbers each time. Writes lmms-eval's results JSON, per-sample logs and provenance.
+    """
+    _check_options(ctx, mask, stats, mode, grid, baseline)
+    from mmneuron_bench.evaluate import parse_task_list, task_manager
+    from mmneuron_bench.lmms.model import pick_base
+
+    names = parse_task_list(tasks)
+    _, base_name = pick_base(pretrained, adapter_name, base)
+    manager = task_manager(names, include_paths, base_name)
+    settings = {
+        "tasks": names,
+        "include_paths": [os.fspath(p) for p in include_paths],
+        "limit": limit,
+        "batch_size": batch_size,
+        "device": device,
+        "dtype": dtype,
+        "seed": seed,
+        "mode": mode,
+        "domain": domain,
+    }
+    model_args = {
+        "base": base_name,
+        "adapter": adapter_name,
+        "pretrained": pretrained,
+        "device": device,
+        "dtype": dtype,
+        "batch_size": batch_size,
+    }
+    if grid:
+        _run_grid(manager, names, model_args, mask, stats, settings, output, baseline)
+        return
+    settings["modules"] = modules
+    _run_once(manager, names, model_args, mask, stats, settings, output)
+
+
+def _run_once(manager, names, model_args, mask, stats, settings, output: Path) -> None:
+    from mmneuron_bench.evaluate import evaluate, provenance, write_run
+    from mmneuron_bench.lmms.model import MMNeuronLMM
+
+    lm = MMNeuronLMM(
+        **model_args,
+        mask=None if mask is None else os.fspath(mask),
+        modules=settings["modules"],
+        domain=settings["domain"],
+        mode=settings["mode"],
+        stats=None if stats is None else os.fspath(stats),
+    )
+    results = evaluate(
+        lm, names, manager, settings["limit"], settings["seed"], settings["batch_size"]
+    )
+    record = provenance(lm, settings, mask, stats, results["configs"])
+    written = write_run(output, results, record)
+    title = f"{lm.base_name}: {model_args['pretrained']}"
+    if mask is not None:
+        title += f" | {mask} ({settings['modules']} off)"
+    Console().print(metrics_table(results, lm.describe(), title))
+    for path in written:
+        click.echo(f"wrote {os.fspath(path)}")
+
+
+def _check_grid_settings(output: Path, settings: dict) -> None:
+    """An earlier grid in ``output`` must have been run with the same settings."""
+    path = output / "provenance.json"
+    if not (output / "grid.json").exists() or not path.exists():
+        return
+    try:
+        before = json.loads(path.read_text()).get("settings", {})
+    except (OSError, ValueError, AttributeError) as exc:
+        raise MMNeuronError(f"{path}: not a readable provenance file ({exc})") from None
+    for key, value in settings.items():
+        if key not in ("device", "batch_size") and before.get(key) != value:
+            raise MMNeuronError(
+                f"{output} holds a grid run with other settings ({key}: {before.get(key)!r}, "
+                f"now {value!r}); give another --output to start anew"
+            )
+
+
+def _run_grid(manager, names, model_args, mask, stats, settings, output: Path, baseline) -> None:
+    from mmneuron_bench.evaluate import evaluate, file_ref, provenance, write_json
+    from mmneuron_bench.grid import grid_header, grid_tasks, load_cells, plan_cells, run_grid
+    from mmneuron_bench.lmms.interventions import MODULE_SETS
+    from mmneuron_bench.lmms.model import MMNeuronLMM
+    from mmneuron_bench.mask_file import NeuronMask
+    from mmneuron_bench.stats_file import ActivationStats
+
+    neuron_mask = NeuronMask.load(mask)
+    activation_stats = None if stats is None else ActivationStats.load(stats)
+    try:
+        task_objects = manager.load_task_or_group(names)
+    except Exception as exc:  # noqa: BLE001 - any dataset or YAML failure, said in one line
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise MMNeuronError(f"cannot load tasks {', '.join(names)}: {first}") from None
+    tasks = grid_tasks({n: task_objects[n] for n in names}, neuron_mask, settings["domain"])
+    _check_grid_settings(output, settings)
+    lm = MMNeuronLMM(**model_args)
+    header = grid_header(lm.identity(), file_ref(mask), baseline, tasks, list(MODULE_SETS))
+    done = len(load_cells(output, header))
+    output.mkdir(parents=True, exist_ok=True)
+    configs = {name: task_objects[name].dump_config() for name in names}
+    write_json(output / "provenance.json", provenance(lm, settings, mask, stats, configs))
+    total = len(plan_cells(header["module_sets"], names, baseline))
+    console = Console(stderr=True)
+    if done:
+        console.print(f"resuming: {done} of {total} cells already in {output / 'grid.json'}")
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    with Progress(*columns, TimeElapsedColumn(), console=console) as progress:
+        bar = progress.add_task("grid", total=total, completed=done)
+
+        def advance(cell, _value: float) -> None:
+            progress.update(bar, advance=1, description=f"{cell.module_set} {cell.task}")
+
+        cells = run_grid(
+            lm,
+            neuron_mask,
+            header,
+            lambda task: evaluate(
+                lm, [task], manager, settings["limit"], settings["seed"], settings["batch_size"]
+            ),
+            output,
+            seed=settings["seed"],
+            mode=settings["mode"],
+            stats=activation_stats,
+            on_cell=advance,
+        )
+    Console().print(grid_table(header, cells))
+    for name in ("grid.json", "grid.csv", "provenance.json"):
+        click.echo(f"wrote {os.fspath(output / name)}")

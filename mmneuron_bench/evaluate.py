@@ -1,0 +1,234 @@
+"""Running lmms-eval's evaluator in-process on the ``mmneuron`` model: results and provenance.
+
+The evaluator is lmms-eval's own ``simple_evaluate``: tasks build their prompts, score with
+their own metrics and aggregate as they do under ``python -m lmms_eval``. This module finds the
+tasks, runs them with fixed seeds, and writes lmms-eval's results JSON, the per-sample logs
+and our provenance, each file atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from mmneuron_bench import __version__
+from mmneuron_bench.atomic import atomic_write
+from mmneuron_bench.errors import MMNeuronError
+
+RUN_FORMAT = "mmneuron-run/1"
+
+
+def parse_task_list(value: str) -> list[str]:
+    """``"T1,T2"`` -> ``["T1", "T2"]`` (order kept, duplicates dropped)."""
+    names = list(dict.fromkeys(t.strip() for t in value.split(",") if t.strip()))
+    if not names:
+        raise MMNeuronError("--tasks names no task")
+    return names
+
+
+def task_manager(names: Sequence[str], include_paths: Sequence[str], model_name: str) -> Any:
+    """An lmms-eval TaskManager that knows every task of ``names``.
+
+    Only the include paths are indexed when they hold every task (0.01 s instead of 5 s).
+    ``model_name`` picks the tasks' model-specific prompts (``lmms_eval_specific_kwargs``):
+    the base's name, so prompts are those the base gets under lmms-eval. A task of an include
+    path whose name a shipped task also has is refused when the shipped tasks are indexed too:
+    lmms-eval 0.7.3 would silently run the shipped one.
+    """
+    for path in include_paths:
+        if not os.path.isdir(path):
+            raise MMNeuronError(f"include path {path!r} is not a directory")
+    quiet_lmms_eval_logging()
+    from lmms_eval.tasks import TaskManager
+
+    paths = list(include_paths) or None
+    own = TaskManager("WARNING", include_path=paths, include_defaults=False, model_name=model_name)
+    if set(names) <= set(own.all_tasks):
+        return own
+    manager = TaskManager("WARNING", include_path=paths, model_name=model_name)
+    missing = [n for n in names if n not in manager.all_tasks]
+    if missing:
+        where = f" (include paths: {', '.join(include_paths)})" if include_paths else ""
+        raise MMNeuronError(f"task {missing[0]!r} not found among lmms-eval's tasks{where}")
+    for name in names:
+        if name in own.all_tasks and own.task_index[name] != manager.task_index[name]:
+            raise MMNeuronError(
+                f"task {name!r} of {own.task_index[name]['yaml_path']} has the name of a task "
+                "shipped with lmms-eval, which lmms-eval 0.7.3 runs instead; rename it"
+            )
+    return manager
+
+
+def quiet_lmms_eval_logging() -> None:
+    """Send lmms-eval's log (warnings and worse) to stderr: stdout is for our results.
+
+    Importing ``lmms_eval.models`` and the evaluator's judge launcher adds a stdout sink.
+    """
+    import lmms_eval.evaluator  # noqa: F401 - adds its sinks, which are replaced below
+    import lmms_eval.models  # noqa: F401
+    from loguru import logger
+
+    logger.remove()
+    logger.add(sys.stderr, level="WARNING")
+
+
+def evaluate(
+    lm: Any,
+    tasks: Sequence[str],
+    manager: Any,
+    limit: int | None = None,
+    seed: int = 0,
+    batch_size: int = 1,
+) -> dict:
+    """lmms-eval's ``simple_evaluate`` on ``tasks``; every seed (Python, NumPy, torch, few-shot)
+    is ``seed``, so the same call gives the same numbers. Samples are kept in ``"samples"``.
+
+    ``bootstrap_iters=0``: lmms-eval still reports the central-limit standard error
+    (``*_stderr_clt``); the bootstrap would only add minutes on large tasks.
+    """
+    quiet_lmms_eval_logging()
+    from lmms_eval.evaluator import simple_evaluate
+
+    return simple_evaluate(
+        model=lm,
+        tasks=list(tasks),
+        task_manager=manager,
+        limit=limit,
+        batch_size=batch_size,
+        bootstrap_iters=0,
+        log_samples=True,
+        random_seed=seed,
+        numpy_random_seed=seed,
+        torch_random_seed=seed,
+        fewshot_random_seed=seed,
+        verbosity="WARNING",
+    )
+
+
+@dataclass(frozen=True)
+class MetricValue:
+    """One metric of one task, as lmms-eval aggregated it (``stderr``: central-limit)."""
+
+    task: str
+    metric: str
+    filter: str
+    value: Any
+    stderr: Any
+
+
+def task_metrics(results: dict) -> list[MetricValue]:
+    """Every metric of every task in lmms-eval's results, in the order lmms-eval wrote them."""
+    rows = []
+    for task, entries in results["results"].items():
+        for key, value in entries.items():
+            metric, sep, filter_name = key.partition(",")
+            if not sep or "_stderr" in metric:
+                continue
+            stderr = entries.get(f"{metric}_stderr_clt,{filter_name}")
+            rows.append(MetricValue(task, metric, filter_name, value, stderr))
+    return rows
+
+
+def metric_value(results: dict, task: str, metric: str) -> float:
+    """The aggregated value of ``metric`` (``"name"`` or ``"name,filter"``) for ``task``."""
+    name, _, filter_name = metric.partition(",")
+    for row in task_metrics(results):
+        if row.task == task and row.metric == name and filter_name in ("", row.filter):
+            if isinstance(row.value, bool) or not isinstance(row.value, (int, float)):
+                raise MMNeuronError(f"task {task!r}: metric {metric!r} is not a number")
+            return float(row.value)
+    raise MMNeuronError(f"task {task!r} reported no metric {metric!r}")
+
+
+def versions() -> dict[str, str]:
+    """Versions of Python and of the packages that decide the numbers."""
+    found = {"python": platform.python_version(), "mmneuron_bench": __version__}
+    for dist in ("lmms_eval", "torch", "transformers", "accelerate", "datasets"):
+        try:
+            found[dist] = version(dist)
+        except PackageNotFoundError:
+            found[dist] = "not installed"
+    return found
+
+
+def generation_settings(task_configs: dict[str, dict]) -> dict[str, Any]:
+    """Each task's generation settings (None for loglikelihood tasks).
+
+    ``task_configs``: lmms-eval's task configs by name (``results["configs"]`` or
+    ``task.dump_config()``). Bases fill in what a task leaves out: lmms-eval 0.7.3's
+    ``llava_hf`` and ``instructblip`` decode greedily unless the task sets a temperature > 0.
+    """
+    return {
+        task: config.get("generation_kwargs")
+        if str(config.get("output_type", "")).startswith("generate")
+        else None
+        for task, config in task_configs.items()
+    }
+
+
+def file_ref(path: str | os.PathLike | None) -> dict | None:
+    """``{"path", "sha256"}`` of an input file, for provenance."""
+    from mmneuron_bench.mask_file import sha256_file
+
+    return None if path is None else {"path": os.fspath(path), "sha256": sha256_file(path)}
+
+
+def provenance(
+    lm: Any,
+    settings: dict,
+    mask_path: str | os.PathLike | None = None,
+    stats_path: str | os.PathLike | None = None,
+    task_configs: dict[str, dict] | None = None,
+) -> dict:
+    """Our record of a run: model, adapter, base, mask file and what it switched off per task
+    (domains, neuron counts), stats file, settings, generation settings and versions."""
+    described = lm.describe()
+    mask = described.get("mask")
+    return {
+        "format": RUN_FORMAT,
+        "model": described["model"],
+        "base": described["base"],
+        "mask": {**(file_ref(mask_path) or {}), **(mask or {})} or None,
+        "stats": file_ref(stats_path),
+        "settings": settings,
+        "generation": generation_settings(task_configs or {}),
+        "versions": versions(),
+    }
+
+
+def _json_text(value: Any) -> str:
+    from lmms_eval.utils import handle_non_serializable
+
+    return json.dumps(value, indent=2, default=handle_non_serializable, ensure_ascii=False)
+
+
+def write_json(path: Path, value: Any) -> None:
+    """Write ``value`` as JSON atomically (what JSON cannot hold becomes its ``str``)."""
+    text = _json_text(value) + "\n"
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def write_run(out_dir: Path, results: dict, provenance: dict) -> list[Path]:
+    """``results.json`` (lmms-eval's results), ``samples_TASK.jsonl``, ``provenance.json``."""
+    from lmms_eval.utils import handle_non_serializable
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for task, samples in results.get("samples", {}).items():
+        path = out_dir / f"samples_{task}.jsonl"
+        lines = "".join(
+            json.dumps(s, default=handle_non_serializable, ensure_ascii=False) + "\n"
+            for s in samples
+        )
+        atomic_write(path, lambda tmp, text=lines: Path(tmp).write_text(text, encoding="utf-8"))
+        written.append(path)
+    write_json(out_dir / "results.json", {k: v for k, v in results.items() if k != "samples"})
+    write_json(out_dir / "provenance.json", provenance)
+    return [out_dir / "results.json", *written, out_dir / "provenance.json"]
