@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,8 +36,15 @@ def parse_domains(values: tuple[str, ...] | list[str]) -> dict[str, list[str]]:
     return domains
 
 
-def load_tasks(names: list[str], include_paths: list[str]) -> dict[str, Any]:
-    """lmms-eval task objects by name: ``include_paths``, then ours (``tasks/``), then lmms-eval's."""
+def task_manager(names: Sequence[str], include_paths: Sequence[str], model_name: str | None = None):
+    """An lmms-eval TaskManager that knows every task of ``names``.
+
+    Searched in order: ``include_paths``, our shipped ``tasks/``, then lmms-eval's own tasks,
+    which are indexed only when a name is not found in the first two (0.01 s instead of 5 s).
+    ``model_name`` picks the tasks' model-specific prompts (``lmms_eval_specific_kwargs``).
+    A task of ours or of an include path whose name a shipped task also has is refused when
+    the shipped tasks are indexed too: lmms-eval 0.7.3 would silently run the shipped one.
+    """
     for path in include_paths:
         if not os.path.isdir(path):
             raise MMNeuronError(f"include path {path!r} is not a directory")
@@ -44,16 +52,27 @@ def load_tasks(names: list[str], include_paths: list[str]) -> dict[str, Any]:
 
     from mmneuron_bench.tasks import TASKS_DIR
 
-    # The user's folders first (the first definition of a name wins), then ours. Indexing only
-    # these is fast; lmms-eval's own tasks are indexed only when a name is not found here.
-    search = [*include_paths, str(TASKS_DIR)]
-    manager = TaskManager(include_path=search, include_defaults=False)
-    if not set(names) <= set(manager.all_tasks):
-        manager = TaskManager(include_path=search)
-    missing = sorted(set(names) - set(manager.all_tasks))
+    paths = [*include_paths, str(TASKS_DIR)]
+    own = TaskManager("WARNING", include_path=paths, include_defaults=False, model_name=model_name)
+    if set(names) <= set(own.all_tasks):
+        return own
+    manager = TaskManager("WARNING", include_path=paths, model_name=model_name)
+    missing = [n for n in names if n not in manager.all_tasks]
     if missing:
         where = f" (include paths: {', '.join(include_paths)})" if include_paths else ""
         raise MMNeuronError(f"task {missing[0]!r} not found among lmms-eval's tasks{where}")
+    for name in names:
+        if name in own.all_tasks and own.task_index[name] != manager.task_index[name]:
+            raise MMNeuronError(
+                f"task {name!r} of {own.task_index[name]['yaml_path']} has the name of a task "
+                "shipped with lmms-eval, which lmms-eval 0.7.3 runs instead; rename it"
+            )
+    return manager
+
+
+def load_tasks(names: list[str], include_paths: list[str]) -> dict[str, Any]:
+    """lmms-eval task objects by name (found as :func:`task_manager` finds them)."""
+    manager = task_manager(names, include_paths)
     try:
         loaded = manager.load_task_or_group(list(dict.fromkeys(names)))
     except Exception as exc:  # noqa: BLE001 - any dataset or YAML failure, said in one line

@@ -33,39 +33,6 @@ def parse_task_list(value: str) -> list[str]:
     return names
 
 
-def task_manager(names: Sequence[str], include_paths: Sequence[str], model_name: str) -> Any:
-    """An lmms-eval TaskManager that knows every task of ``names``.
-
-    Only the include paths are indexed when they hold every task (0.01 s instead of 5 s).
-    ``model_name`` picks the tasks' model-specific prompts (``lmms_eval_specific_kwargs``):
-    the base's name, so prompts are those the base gets under lmms-eval. A task of an include
-    path whose name a shipped task also has is refused when the shipped tasks are indexed too:
-    lmms-eval 0.7.3 would silently run the shipped one.
-    """
-    for path in include_paths:
-        if not os.path.isdir(path):
-            raise MMNeuronError(f"include path {path!r} is not a directory")
-    quiet_lmms_eval_logging()
-    from lmms_eval.tasks import TaskManager
-
-    paths = list(include_paths) or None
-    own = TaskManager("WARNING", include_path=paths, include_defaults=False, model_name=model_name)
-    if set(names) <= set(own.all_tasks):
-        return own
-    manager = TaskManager("WARNING", include_path=paths, model_name=model_name)
-    missing = [n for n in names if n not in manager.all_tasks]
-    if missing:
-        where = f" (include paths: {', '.join(include_paths)})" if include_paths else ""
-        raise MMNeuronError(f"task {missing[0]!r} not found among lmms-eval's tasks{where}")
-    for name in names:
-        if name in own.all_tasks and own.task_index[name] != manager.task_index[name]:
-            raise MMNeuronError(
-                f"task {name!r} of {own.task_index[name]['yaml_path']} has the name of a task "
-                "shipped with lmms-eval, which lmms-eval 0.7.3 runs instead; rename it"
-            )
-    return manager
-
-
 def quiet_lmms_eval_logging() -> None:
     """Send lmms-eval's log (warnings and worse) to stderr: stdout is for our results.
 

@@ -12,7 +12,8 @@ from click.testing import CliRunner
 
 from mmneuron_bench.cli import build_cli
 from mmneuron_bench.dape import select_random_like
-from mmneuron_bench.evaluate import evaluate, file_ref, task_manager
+from mmneuron_bench.domains import task_manager
+from mmneuron_bench.evaluate import evaluate, file_ref
 from mmneuron_bench.grid import CSV_COLUMNS, grid_header, grid_tasks, run_grid
 from mmneuron_bench.lmms.interventions import MODULE_SETS
 from mmneuron_bench.lmms.model import MMNeuronLMM

@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from mmneuron_bench.domains import task_manager
 from mmneuron_bench.errors import MaskMismatchError, MMNeuronError
-from mmneuron_bench.evaluate import evaluate, task_manager
+from mmneuron_bench.evaluate import evaluate
 from mmneuron_bench.lmms.interventions import auto_domain, parse_domain, parse_modules
 from mmneuron_bench.lmms.model import MMNeuronLMM
 from mmneuron_bench.lmms.workarounds import base_kwargs, import_base

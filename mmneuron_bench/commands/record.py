@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from mmneuron_bench.commands.select import check_out_dir
 from mmneuron_bench.stats_file import ActivationStats, merge
 
 
@@ -99,6 +100,7 @@ def record(
     plan = RecordPlan(
         pretrained, parse_domains(domain_specs), list(include_paths), limit, token_scope
     )
+    check_out_dir(out)
     state, shard = _distributed_shard()
     if shard.world > 1 and device.startswith("cuda"):
         device = str(state.device)

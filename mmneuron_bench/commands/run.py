@@ -189,10 +189,12 @@ def run(
     numbers each time. Writes lmms-eval's results JSON, per-sample logs and provenance.
     """
     _check_options(ctx, mask, stats, mode, grid, baseline)
-    from mmneuron_bench.evaluate import parse_task_list, task_manager
+    from mmneuron_bench.domains import task_manager
+    from mmneuron_bench.evaluate import parse_task_list, quiet_lmms_eval_logging
     from mmneuron_bench.lmms.model import pick_base
 
     names = parse_task_list(tasks)
+    quiet_lmms_eval_logging()
     _, base_name = pick_base(pretrained, adapter_name, base)
     manager = task_manager(names, include_paths, base_name)
     settings = {
