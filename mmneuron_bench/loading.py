@@ -67,8 +67,10 @@ def model_identity(loaded: LoadedModel, pretrained: str) -> dict:
     the same architecture and size, whatever the dtype or device it was loaded with.
     """
     import hashlib
+    import json
 
-    digest = hashlib.sha256(loaded.model.config.to_json_string(use_diff=False).encode())
+    config = _without_dtype(loaded.model.config.to_dict())
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
     for name, param in loaded.model.named_parameters():
         digest.update(f"{name}:{tuple(param.shape)};".encode())
     return {
@@ -76,3 +78,12 @@ def model_identity(loaded: LoadedModel, pretrained: str) -> dict:
         "name_or_path": pretrained,
         "fingerprint": digest.hexdigest(),
     }
+
+
+def _without_dtype(value: Any) -> Any:
+    """A config dict without its ``dtype`` entries, at every level (sub-configs included)."""
+    if isinstance(value, dict):
+        return {k: _without_dtype(v) for k, v in value.items() if k not in ("dtype", "torch_dtype")}
+    if isinstance(value, list):
+        return [_without_dtype(v) for v in value]
+    return value

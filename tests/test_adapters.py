@@ -142,3 +142,16 @@ def test_adapter_that_does_not_handle_the_model_is_refused(tiny_instructblip):
     result = _cli("adapters", "--pretrained", str(tiny_instructblip), "--model", "llava")
     assert result.exit_code == 1
     assert "adapter 'llava' does not handle model type 'instructblip'" in result.output
+
+
+def test_fingerprint_ignores_the_load_dtype(tiny_llava_next, tiny_llava):
+    from mmneuron_bench.loading import model_identity
+
+    def fingerprint(path, dtype):
+        loaded = load_model(get_registry(), str(path), dtype=dtype)
+        return model_identity(loaded, str(path))["fingerprint"]
+
+    assert fingerprint(tiny_llava_next, torch.float32) == fingerprint(
+        tiny_llava_next, torch.bfloat16
+    )
+    assert fingerprint(tiny_llava_next, torch.float32) != fingerprint(tiny_llava, torch.float32)

@@ -47,6 +47,8 @@ def test_wheel_holds_namespaced_packages_and_entry_points(wheel):
         assert package in names, f"{package} is missing from the wheel: list it in pyproject.toml"
     assert "mmneuron_bench/tasks/common/mmneuron_common_vqav2.yaml" in names
     assert "mmneuron_bench/testing/pytest_plugin.py" in names
+    assert "mmneuron_bench/assets/mini_llava_next/model.safetensors" in names
+    assert "mmneuron_bench/tasks/synthetic/index/medical_eval.parquet" in names
     top_level = {name.split("/")[0] for name in names}
     assert not top_level & {"adapters", "tasks", "plugins", "tests"}
     assert (
@@ -87,3 +89,9 @@ def test_wheel_works_in_a_fresh_venv(wheel, tmp_path):
     adapters = {entry["name"]: entry for entry in json.loads(listed.stdout)}
     assert {"llava_next", "llava", "instructblip"} <= set(adapters)
     assert all(adapters[name]["builtin"] for name in ("llava_next", "llava", "instructblip"))
+    shipped = subprocess.run(
+        [python, "-c", "from mmneuron_bench import mini_model as m; m.load_mini_model(); "
+         "print(m.MINI_MODEL_DIR)"],
+        check=True, capture_output=True, text=True, cwd=tmp_path, env=run_env,
+    )  # fmt: skip
+    assert Path(shipped.stdout.strip().splitlines()[-1]).is_relative_to(env_dir)

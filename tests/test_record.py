@@ -68,9 +68,7 @@ def _expected_counts(loaded, recording, scope):
                     linear = model.get_submodule(pattern.format(i=layer))
 
                     def hook(_m, _a, out, _name=name, _layer=layer, _d=d, _keep=keep_llm):
-                        rows = (
-                            out[0][_keep] if _name == "llm" else out.reshape(-1, out.shape[-1])
-                        )
+                        rows = out[0][_keep] if _name == "llm" else out.reshape(-1, out.shape[-1])
                         expected[_name][_d, _layer] += (rows > 0).sum(0)
 
                     handles.append(linear.register_forward_hook(hook))

@@ -132,6 +132,11 @@ def _check_options(ctx: click.Context, mask, stats, mode, grid, baseline) -> Non
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="Stats file with the mean activations, for --mode mean.",
 )
+@click.option(
+    "--edit",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Weight edit (neurons edit) applied around every task and removed after it.",
+)
 @click.option("--tasks", required=True, help="lmms-eval tasks, comma-separated.")
 @click.option(
     "--include-path", "include_paths", multiple=True, help="Extra lmms-eval task folders."
@@ -171,6 +176,7 @@ def run(
     domain,
     mode,
     stats,
+    edit,
     tasks,
     include_paths,
     limit,
@@ -216,6 +222,9 @@ def run(
         "dtype": dtype,
         "batch_size": batch_size,
     }
+    if edit is not None:
+        model_args["edit"] = os.fspath(edit)
+        settings["edit"] = os.fspath(edit)
     if grid:
         _run_grid(manager, names, model_args, mask, stats, settings, output, baseline)
         return

@@ -14,8 +14,9 @@ from typing import Any, Protocol
 
 from mmneuron_bench.adapter import Component
 from mmneuron_bench.components import ROLES
+from mmneuron_bench.editing import WeightEdit
 from mmneuron_bench.errors import MMNeuronError
-from mmneuron_bench.mask_file import NeuronMask
+from mmneuron_bench.mask_file import NeuronMask, sha256_file
 from mmneuron_bench.masking import MODES, Deactivation
 from mmneuron_bench.stats_file import ActivationStats
 
@@ -178,3 +179,18 @@ class MaskIntervention:
             "domains": dict(self.task_domains),
             "deactivated": dict(self.task_counts),
         }
+
+
+class EditIntervention:
+    """A weight edit (``mmneuron-bench neurons edit``) on during every task, removed after it."""
+
+    def __init__(self, model: Any, edit: WeightEdit, path: str):
+        self.model = model
+        self.edit = edit
+        self.path = path
+
+    def for_task(self, task: str, metadata: Mapping[str, Any]) -> AbstractContextManager:
+        return self.edit.applied(self.model)
+
+    def describe(self) -> dict:
+        return {"path": self.path, "sha256": sha256_file(self.path), "params": self.edit.params}

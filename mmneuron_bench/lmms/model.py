@@ -26,9 +26,15 @@ import torch
 from lmms_eval.api.model import lmms
 
 from mmneuron_bench.adapter import LoadedModel, ModelAdapter
+from mmneuron_bench.editing import WeightEdit
 from mmneuron_bench.errors import MMNeuronError
 from mmneuron_bench.lmms import workarounds
-from mmneuron_bench.lmms.interventions import AUTO, MaskIntervention, TaskIntervention
+from mmneuron_bench.lmms.interventions import (
+    AUTO,
+    EditIntervention,
+    MaskIntervention,
+    TaskIntervention,
+)
 from mmneuron_bench.lmms.loglikelihood import continuation_nll
 from mmneuron_bench.loading import load_config, model_identity, pick_adapter
 from mmneuron_bench.mask_file import NeuronMask
@@ -66,6 +72,7 @@ class MMNeuronLMM(lmms):
         domain: str = AUTO,
         mode: str = "zero",
         stats: str | os.PathLike | ActivationStats | None = None,
+        edit: str | os.PathLike | None = None,
         **base_args: Any,
     ) -> None:
         super().__init__()
@@ -97,6 +104,10 @@ class MMNeuronLMM(lmms):
         self.interventions: dict[str, TaskIntervention] = {}
         self._processor = None
         self.set_mask(mask, modules=modules, domain=str(domain), mode=str(mode), stats=stats)
+        if edit is not None:
+            weight_edit = WeightEdit.load(edit)
+            weight_edit.check_model(self.model)
+            self.interventions["edit"] = EditIntervention(self.model, weight_edit, os.fspath(edit))
 
     @property
     def model(self) -> torch.nn.Module:

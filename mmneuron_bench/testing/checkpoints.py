@@ -13,7 +13,7 @@ Every component has its own layer count and MLP width so tests can tell them apa
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -80,8 +80,8 @@ def tiny_image(seed: int, size: int = IMAGE_SIZE) -> Image.Image:
     return Image.frombytes("RGB", (size, size), random.Random(seed).randbytes(size * size * 3))
 
 
-def _word_level(specials: tuple[str, ...], unk: str) -> Tokenizer:
-    vocab = {token: i for i, token in enumerate(specials + tuple(WORDS))}
+def _word_level(specials: tuple[str, ...], unk: str, words: Sequence[str] = WORDS) -> Tokenizer:
+    vocab = {token: i for i, token in enumerate(specials + tuple(words))}
     tok = Tokenizer(models.WordLevel(vocab, unk_token=unk))
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
@@ -89,9 +89,11 @@ def _word_level(specials: tuple[str, ...], unk: str) -> Tokenizer:
     return tok
 
 
-def llm_tokenizer() -> PreTrainedTokenizerFast:
-    """Llama-like: `<s>` prepended, no `</s>` appended, left padding."""
-    tok = _word_level(SPECIAL_TOKENS, "<unk>")
+def llm_tokenizer(
+    words: Sequence[str] = WORDS, model_max_length: int = 512
+) -> PreTrainedTokenizerFast:
+    """Llama-like, word-level over ``words``: `<s>` prepended, no `</s>`, left padding."""
+    tok = _word_level(SPECIAL_TOKENS, "<unk>", words)
     tok.post_processor = processors.TemplateProcessing(
         single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", BOS_ID)]
     )
@@ -103,7 +105,7 @@ def llm_tokenizer() -> PreTrainedTokenizerFast:
         pad_token="<pad>",
         padding_side="left",
         chat_template=CHAT_TEMPLATE,
-        model_max_length=512,
+        model_max_length=model_max_length,
     )
 
 
