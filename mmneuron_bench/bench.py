@@ -21,15 +21,23 @@ PHASES = ("plain", "record", "mask")
 
 @dataclass
 class BenchResult:
-    seconds: dict[str, float]  # median seconds per prefill, by phase
+    times: dict[str, list[float]]  # seconds of every timed prefill, by phase, in repeat order
     peak_bytes: dict[str, int | None]  # CUDA peak allocated per phase (None on the CPU)
     recorder_bytes: int  # the recorder's counters: fixed, whatever the number of samples
     max_rss_bytes: int  # the process's peak resident memory
     masked_neurons: int
     tokens: int
 
+    @property
+    def seconds(self) -> dict[str, float]:
+        """Median seconds per prefill, by phase."""
+        return {phase: statistics.median(values) for phase, values in self.times.items()}
+
     def ratio(self, phase: str) -> float:
-        return self.seconds[phase] / self.seconds["plain"]
+        """Median over repeats of this phase's time over the same repeat's plain time: the
+        phases of one repeat run back to back, so pairing cancels the machine's slow drift."""
+        pairs = zip(self.times[phase], self.times["plain"], strict=True)
+        return statistics.median(t / plain for t, plain in pairs)
 
 
 def random_mask(components: list[Component], rate: float, seed: int) -> NeuronMask:
@@ -95,7 +103,7 @@ def run_bench(
                 peaks[phase] = max(peaks[phase] or 0, torch.cuda.max_memory_allocated(device))
     counters = [*recorder.active.values(), *recorder.tokens.values(), *recorder.sum.values()]
     return BenchResult(
-        seconds={phase: statistics.median(values) for phase, values in times.items()},
+        times=times,
         peak_bytes=peaks,
         recorder_bytes=sum(t.numel() * t.element_size() for t in counters),
         max_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,

@@ -42,16 +42,29 @@ class _LayerHook:
         self.values = values
         self._cache: dict[tuple[torch.device, torch.dtype], tuple] = {}
 
-    def __call__(self, _module: nn.Module, _args: tuple, output: torch.Tensor) -> torch.Tensor:
+    def __call__(self, _module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
         key = (output.device, output.dtype)
         if key not in self._cache:
             values = None if self.values is None else self.values.to(output.device, output.dtype)
             self._cache[key] = (self.index.to(output.device), values)
         index, values = self._cache[key]
+        # index_fill writes +0.0 exactly; multiplying by 0 would give -0.0 and NaN.
+        if _owns(output, args):
+            if values is None:
+                return output.index_fill_(-1, index, 0.0)
+            return output.index_copy_(-1, index, values.expand(*output.shape[:-1], -1))
         if values is None:
-            # index_fill writes +0.0 exactly; multiplying by 0 would give -0.0 and NaN.
             return output.index_fill(-1, index, 0.0)
         return output.index_copy(-1, index, values.expand(*output.shape[:-1], -1))
+
+
+def _owns(output: torch.Tensor, args: tuple) -> bool:
+    """Whether the hook may write into ``output`` in place (saving a copy of the whole
+    activation): autograd does not track it, it is no view, and it is not the module's input
+    (an identity or in-place activation returns its input, which others may read)."""
+    if output.requires_grad or output._base is not None:
+        return False
+    return not any(output is a or (isinstance(a, torch.Tensor) and a._base is output) for a in args)
 
 
 class Deactivation:

@@ -31,6 +31,10 @@ def test_bench_reports_every_phase(tiny_llava_next):
     assert set(figures["seconds"]) == {"plain", "record", "mask"}
     assert figures["ratios"]["plain"] == 1.0
     assert all(seconds > 0 for seconds in figures["seconds"].values())
+    times = figures["times"]
+    assert all(len(times[phase]) == 2 for phase in times)
+    paired = sorted(r / p for r, p in zip(times["record"], times["plain"], strict=True))
+    assert figures["ratios"]["record"] == sum(paired) / 2  # median of the two paired ratios
     assert figures["masked_neurons"] == 4
     # active + sum: 8 bytes per neuron; tokens: 8 bytes per layer (one domain).
     assert figures["recorder_bytes"] == (3 * 48 + 40 + 2 * 80) * 16 + (3 + 1 + 2) * 8

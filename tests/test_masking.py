@@ -344,3 +344,34 @@ def test_bad_options_are_refused(case):
     with pytest.raises(MaskMismatchError, match="'news'"):
         Deactivation(case.components, mask, domains=["a", "news"])
     assert hook_count(case) == 0
+
+
+@pytest.mark.parametrize("mode", ["zero", "mean"])
+def test_in_place_write_never_touches_the_input_or_autograd(mode):
+    """Without autograd the hook writes into the activation in place; it copies instead when
+    the activation is the module's input (identity activation), a view, or needs gradients."""
+    from mmneuron_bench.masking import _LayerHook
+
+    values = None if mode == "zero" else torch.tensor([5.0, 7.0], dtype=torch.float64)
+    hook = _LayerHook(torch.tensor([1, 3]), values)
+    x = torch.arange(12.0).reshape(2, 6)
+    fill = torch.zeros(2) if values is None else values.float()
+    expected = x.clone()
+    expected[:, [1, 3]] = fill
+
+    with torch.no_grad():
+        fresh = x * 1
+        assert hook(None, (x,), fresh) is fresh and torch.equal(fresh, expected)
+        identity = hook(None, (x,), x)
+        assert torch.equal(identity, expected) and torch.equal(x, torch.arange(12.0).view(2, 6))
+        base = torch.arange(12.0).reshape(2, 6)
+        view = hook(None, (), base[:, :])
+        assert torch.equal(view, expected) and torch.equal(base, torch.arange(12.0).view(2, 6))
+
+    leaf = torch.arange(12.0).reshape(2, 6).requires_grad_()
+    out = hook(None, (leaf,), leaf * 1)
+    assert torch.equal(out.detach(), expected)
+    out.sum().backward()
+    keep = torch.ones(2, 6)
+    keep[:, [1, 3]] = 0
+    assert torch.equal(leaf.grad, keep)

@@ -33,6 +33,7 @@ def bench(adapter_name, pretrained, batch_size, repeats, device, dtype, as_json)
     if as_json:
         figures = {
             "seconds": result.seconds,
+            "times": result.times,
             "ratios": {p: result.ratio(p) for p in PHASES},
             "peak_cuda_bytes": result.peak_bytes,
             "recorder_bytes": result.recorder_bytes,
@@ -43,12 +44,13 @@ def bench(adapter_name, pretrained, batch_size, repeats, device, dtype, as_json)
         click.echo(json.dumps(figures, indent=2))
         return
     table = Table(title=f"prefill, batch {batch_size}, {result.tokens} tokens, median of {repeats}")
-    for column in ("phase", "ms", "ratio to plain", "peak CUDA MB"):
+    for column in ("phase", "ms", "fastest-slowest ms", "ratio to plain", "peak CUDA MB"):
         table.add_column(column, justify="right" if column != "phase" else "left")
     for phase in PHASES:
         table.add_row(
             phase,
             f"{result.seconds[phase] * 1000:.1f}",
+            f"{min(result.times[phase]) * 1000:.0f}-{max(result.times[phase]) * 1000:.0f}",
             f"{result.ratio(phase):.3f}",
             _mb(result.peak_bytes[phase]),
         )
@@ -58,4 +60,7 @@ def bench(adapter_name, pretrained, batch_size, repeats, device, dtype, as_json)
         f"recorder counters: {_mb(result.recorder_bytes)} MB (fixed size: samples do not add to "
         f"it); process peak RSS {_mb(result.max_rss_bytes)} MB; "
         f"{result.masked_neurons} neurons masked"
+    )
+    console.print(
+        "ratio to plain: median over repeats of the phase's time over that repeat's plain time"
     )
