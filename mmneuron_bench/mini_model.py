@@ -27,11 +27,11 @@ from mmneuron_bench.synthetic.drawing import IMAGE_SIZE
 from mmneuron_bench.synthetic.generate import DOMAINS, questions
 from mmneuron_bench.testing.checkpoints import (
     BOS_ID,
-    CHAT_TEMPLATE,
     EOS_ID,
     IMAGE_ID,
     PAD_ID,
     SPECIAL_TOKENS,
+    llava_processor,
     llm_tokenizer,
 )
 
@@ -62,15 +62,7 @@ def mini_processor() -> LlavaNextProcessor:
         crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
         image_grid_pinpoints=[[IMAGE_SIZE, IMAGE_SIZE]],
     )
-    # `default` drops CLS: the `+1` CLS token and the `-1` cancel, as in llava-hf checkpoints.
-    return LlavaNextProcessor(
-        image_processor=image_processor,
-        tokenizer=mini_tokenizer(),
-        patch_size=PATCH_SIZE,
-        vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,
-        chat_template=CHAT_TEMPLATE,
-    )
+    return llava_processor(LlavaNextProcessor, image_processor, mini_tokenizer(), PATCH_SIZE)
 
 
 def mini_config() -> LlavaNextConfig:

@@ -33,25 +33,39 @@ class ActivationRecorder:
             )
         self._domain: int | None = None
         self._positions: dict[str, torch.Tensor | None] = {}
+        self._weights: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def set_batch(self, domain: int, positions: dict[str, torch.Tensor | None]) -> None:
         """Declare the domain of the next forward and its real positions per position kind."""
         self._domain = domain
         self._positions = positions
+        self._weights = {}
+
+    def _row_weights(
+        self, kind: str, rows: int, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch's [1, rows] float 0/1 weights of real positions and their count, built
+        once per batch and position kind, not once per layer."""
+        key = (kind, rows, device)
+        if key not in self._weights:
+            keep = self._positions.get(kind)
+            weights = (
+                torch.ones(1, rows, device=device)
+                if keep is None
+                else keep.reshape(1, -1).to(device, torch.float32)
+            )
+            self._weights[key] = weights, weights.sum().long()  # exact below 2**24 tokens
+        return self._weights[key]
 
     def _count(self, component: Component, layer: int, output: torch.Tensor) -> None:
         if self._domain is None:
             raise RuntimeError("ActivationRecorder.set_batch() was not called before a forward")
         values = output.reshape(-1, output.shape[-1]).float()
-        keep = self._positions.get(component.spec.positions)
-        weights = (
-            torch.ones(1, values.shape[0], device=values.device)
-            if keep is None
-            else keep.reshape(1, -1).to(values.device, torch.float32)
-        )
+        kind = component.spec.positions
+        weights, tokens = self._row_weights(kind, values.shape[0], values.device)
         d, name = self._domain, component.name
         self.active[name][d, layer] += _row_weighted_sum(weights, (values > 0).float()).long()
-        self.tokens[name][d, layer] += weights.sum().long()  # exact below 2**24 tokens
+        self.tokens[name][d, layer] += tokens
         self.sum[name][d, layer] += _row_weighted_sum(weights, values, exact=False).double()
 
     @contextmanager

@@ -177,12 +177,18 @@ def build_and_save(
     return path
 
 
-def _llava_processor(cls: type[ProcessorMixin], image_processor: object) -> ProcessorMixin:
+def llava_processor(
+    cls: type[ProcessorMixin],
+    image_processor: object,
+    tokenizer: PreTrainedTokenizerFast | None = None,
+    patch_size: int = PATCH_SIZE,
+) -> ProcessorMixin:
+    """A LLaVA(-NeXT) processor over ``tokenizer`` (default: :func:`llm_tokenizer`)."""
     # `default` drops CLS: the `+1` CLS token and the `-1` cancel, as in llava-hf checkpoints.
     return cls(
         image_processor=image_processor,
-        tokenizer=llm_tokenizer(),
-        patch_size=PATCH_SIZE,
+        tokenizer=tokenizer or llm_tokenizer(),
+        patch_size=patch_size,
         vision_feature_select_strategy="default",
         num_additional_image_tokens=1,
         chat_template=CHAT_TEMPLATE,
@@ -205,7 +211,7 @@ def build_tiny_llava_next(path: str | Path) -> Path:
             crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
             image_grid_pinpoints=[[IMAGE_SIZE, IMAGE_SIZE]],
         )
-        processor = _llava_processor(LlavaNextProcessor, image_processor)
+        processor = llava_processor(LlavaNextProcessor, image_processor)
         return LlavaNextForConditionalGeneration(config), processor
 
     return build_and_save(path, build)
@@ -225,7 +231,7 @@ def build_tiny_llava(path: str | Path) -> Path:
             size={"shortest_edge": IMAGE_SIZE},
             crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
         )
-        processor = _llava_processor(LlavaProcessor, image_processor)
+        processor = llava_processor(LlavaProcessor, image_processor)
         return LlavaForConditionalGeneration(config), processor
 
     return build_and_save(path, build)
