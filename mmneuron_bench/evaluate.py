@@ -25,14 +25,6 @@ from mmneuron_bench.errors import MMNeuronError
 RUN_FORMAT = "mmneuron-run/1"
 
 
-def parse_task_list(value: str) -> list[str]:
-    """``"T1,T2"`` -> ``["T1", "T2"]`` (order kept, duplicates dropped)."""
-    names = list(dict.fromkeys(t.strip() for t in value.split(",") if t.strip()))
-    if not names:
-        raise MMNeuronError("--tasks names no task")
-    return names
-
-
 def quiet_lmms_eval_logging() -> None:
     """Send lmms-eval's log (warnings and worse) to stderr: stdout is for our results.
 

@@ -1,12 +1,16 @@
-"""The plugin docs describe every hook with its exact signature, and no hook that is gone."""
+"""The docs: every hook with its exact signature, and only commands and options that exist."""
 
 from __future__ import annotations
 
 import inspect
 import re
+import shlex
 from pathlib import Path
 
+import click
+
 from mmneuron_bench import hookspecs
+from mmneuron_bench.cli import build_cli
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "plugins.md"
 
@@ -33,3 +37,37 @@ def test_every_hook_is_documented_with_its_exact_signature():
 def test_docs_mention_no_unknown_hook():
     documented = set(re.findall(r"### `(mmneuron_\w+)\(", DOCS.read_text()))
     assert documented == set(_hook_names())
+
+
+def _doc_command_lines() -> list[tuple[str, list[str]]]:
+    """Every ``mmneuron-bench ...`` command in the README's and docs' bash blocks, as tokens."""
+    root = DOCS.parents[1]
+    found = []
+    for path in [root / "README.md", *sorted((root / "docs").glob("*.md"))]:
+        for block in re.findall(r"```bash\n(.*?)```", path.read_text(), flags=re.S):
+            for line in block.replace("\\\n", " ").splitlines():
+                if "mmneuron-bench" not in line:
+                    continue
+                tokens = shlex.split(line, comments=True)
+                while "mmneuron-bench" in tokens:
+                    tokens = tokens[tokens.index("mmneuron-bench") + 1 :]
+                    end = next((i for i, t in enumerate(tokens) if t in ("&&", ";", "|")), None)
+                    found.append((f"{path.name}: {line.strip()}", tokens[:end]))
+                    tokens = tokens[end:] if end is not None else []
+    return found
+
+
+def test_every_documented_command_names_real_subcommands_and_options():
+    cli = build_cli()
+    lines = _doc_command_lines()
+    assert len(lines) > 20, "the docs' commands were not found"
+    for where, tokens in lines:
+        command, args = cli, list(tokens)
+        while isinstance(command, click.Group) and args and not args[0].startswith("-"):
+            assert args[0] in command.commands, f"{where}: no command {args[0]!r}"
+            command = command.commands[args.pop(0)]
+        known = {opt for p in command.params for opt in (*p.opts, *p.secondary_opts)}
+        for arg in args:
+            option = arg.split("=", 1)[0]
+            if option.startswith("--") and arg != "...":
+                assert option in known | {"--help"}, f"{where}: {command.name} has no {option}"

@@ -6,8 +6,8 @@ from dataclasses import replace
 
 import pytest
 import torch
+from planted_model import PLANTED_LAYER, PLANTED_NEURON
 from safetensors.torch import save_file
-from test_contribution import PLANTED_LAYER, PLANTED_NEURON, build_planted
 
 from mmneuron_bench.contribution import down_projections, generate, llm_component
 from mmneuron_bench.domains import domain_samples, load_tasks
@@ -168,8 +168,7 @@ def test_a_damaged_file_is_a_one_line_error(setup, tmp_path):
         WeightEdit.load(path)
 
 
-def test_editing_the_planted_neuron_moves_red_to_blue(tiny_llava_next, tmp_path):
-    planted = build_planted(tiny_llava_next, tmp_path / "planted")
+def test_editing_the_planted_neuron_moves_red_to_blue(planted, tmp_path):
     write_tiny_task(tmp_path, "tiny_e", n_docs=3, seed=5)
     tasks = load_tasks(["tiny_e"], [str(tmp_path)])
     loaded = load_model(get_registry(), str(planted))

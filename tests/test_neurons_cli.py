@@ -8,7 +8,7 @@ import re
 import pytest
 import torch
 from click.testing import CliRunner
-from test_contribution import PLANTED_LAYER, PLANTED_NEURON, build_planted
+from planted_model import PLANTED_LAYER, PLANTED_NEURON
 
 from mmneuron_bench.cli import build_cli
 from mmneuron_bench.editing import WeightEdit
@@ -34,11 +34,6 @@ def task_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("tasks")
     write_tiny_task(root, "tiny_n", n_docs=4, seed=31)
     return root
-
-
-@pytest.fixture(scope="module")
-def planted(tiny_llava_next, tmp_path_factory):
-    return build_planted(tiny_llava_next, tmp_path_factory.mktemp("planted") / "model")
 
 
 def find(checkpoint, task_dir, out, *extra):

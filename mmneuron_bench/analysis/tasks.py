@@ -21,14 +21,6 @@ from mmneuron_bench.lmms.interventions import AUTO, auto_domain, parse_domain
 from mmneuron_bench.record import real_positions
 
 
-def parse_task_names(values: Sequence[str]) -> list[str]:
-    """``("a,b", "c")`` -> ``["a", "b", "c"]`` (repeated or comma-separated ``--tasks``)."""
-    names = [n.strip() for value in values for n in value.split(",") if n.strip()]
-    if not names:
-        raise MMNeuronError("give at least one task with --tasks")
-    return list(dict.fromkeys(names))
-
-
 def parse_task_domains(values: Sequence[str]) -> dict[str, str]:
     """``("vqa=common", ...)`` -> ``{"vqa": "common"}``: explicit domains of tasks."""
     mapping: dict[str, str] = {}

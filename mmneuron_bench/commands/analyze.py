@@ -8,10 +8,15 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import click
-from click.core import ParameterSource
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from mmneuron_bench.cli_options import (
+    ModelChoice,
+    given_options,
+    model_options,
+    progress,
+    task_names,
+)
 from mmneuron_bench.lmms.interventions import MODULE_SETS
 
 DEFAULT_OUTPUT = Path("mmneuron-results") / "analysis"
@@ -25,13 +30,9 @@ _output_option = click.option(
 )
 
 
-def _model_options(command: Callable) -> Callable:
+def _task_options(command: Callable) -> Callable:
     """Options shared by the analyses that run a model over lmms-eval tasks."""
     options = (
-        click.option(
-            "--model", "adapter_name", help="Adapter name (default: chosen from the config)."
-        ),
-        click.option("--pretrained", required=True, help="Model path or Hugging Face id."),
         click.option(
             "--tasks",
             "task_specs",
@@ -50,10 +51,6 @@ def _model_options(command: Callable) -> Callable:
             "the task name or its metadata.domain, as run does).",
         ),
         click.option("--limit", type=click.IntRange(min=1), help="At most N documents per task."),
-        click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ..."),
-        click.option(
-            "--dtype", default="auto", show_default=True, help="auto, float32, bfloat16, float16."
-        ),
         _output_option,
     )
     for option in reversed(options):
@@ -81,7 +78,8 @@ def distribution(mask: Path, output: Path) -> None:
 
 
 @analyze.command("deviation")
-@_model_options
+@model_options
+@_task_options
 @click.option("--mask", "mask_path", required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option(
     "--modules",
@@ -97,14 +95,11 @@ def distribution(mask: Path, output: Path) -> None:
     help="Random masks of equal size (seeds 0..S-1) to compare with.",
 )
 def deviation(
-    adapter_name,
-    pretrained,
+    model: ModelChoice,
     task_specs,
     include_paths,
     domain_specs,
     limit,
-    device,
-    dtype,
     output,
     mask_path,
     modules,
@@ -121,22 +116,14 @@ def deviation(
 
     module_sets = _module_sets(modules)
     loaded, mask, tasks, domains, out = _prepare(
-        adapter_name,
-        pretrained,
-        task_specs,
-        include_paths,
-        domain_specs,
-        mask_path,
-        dtype,
-        device,
-        output,
+        model, task_specs, include_paths, domain_specs, mask_path, output
     )
     with _progress(tasks, domains, limit) as advance:
         rows = measure_deviation(
             loaded, tasks, domains, mask, module_sets, seeds, limit, on_sample=advance
         )
     header = {
-        "model": model_identity(loaded, pretrained),
+        "model": model_identity(loaded, model.pretrained),
         "mask": file_reference(mask_path),
         "module_sets": module_sets,
         "seeds": seeds,
@@ -149,7 +136,8 @@ def deviation(
 
 
 @analyze.command("logit-lens")
-@_model_options
+@model_options
+@_task_options
 @click.option(
     "--mask",
     "mask_path",
@@ -173,14 +161,11 @@ def deviation(
 @click.pass_context
 def logit_lens(
     ctx: click.Context,
-    adapter_name,
-    pretrained,
+    model: ModelChoice,
     task_specs,
     include_paths,
     domain_specs,
     limit,
-    device,
-    dtype,
     output,
     mask_path,
     modules,
@@ -196,30 +181,19 @@ def logit_lens(
     from mmneuron_bench.loading import model_identity
 
     if mask_path is None:
-        given = [
-            option
-            for option, name in (("--domain", "domain_specs"), ("--modules", "modules"))
-            if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE
-        ]
-        if given:
-            raise click.UsageError(f"{given[0]} needs --mask")
+        given = given_options(ctx, ("domain_specs", "modules"))
+        for option, name in (("--domain", "domain_specs"), ("--modules", "modules")):
+            if name in given:
+                raise click.UsageError(f"{option} needs --mask")
     loaded, mask, tasks, domains, out = _prepare(
-        adapter_name,
-        pretrained,
-        task_specs,
-        include_paths,
-        domain_specs,
-        mask_path,
-        dtype,
-        device,
-        output,
+        model, task_specs, include_paths, domain_specs, mask_path, output
     )
     with _progress(tasks, domains, limit) as advance:
         results = measure_logit_lens(
             loaded, tasks, domains, mask, modules, limit, chunk_size, on_sample=advance
         )
     header = {
-        "model": model_identity(loaded, pretrained),
+        "model": model_identity(loaded, model.pretrained),
         "mask": None if mask_path is None else file_reference(mask_path),
         "module_set": None if mask_path is None else modules,
         "chunk_size": chunk_size,
@@ -231,31 +205,14 @@ def logit_lens(
     _wrote(paths)
 
 
-def _prepare(
-    adapter_name,
-    pretrained,
-    task_specs,
-    include_paths,
-    domain_specs,
-    mask_path,
-    dtype,
-    device,
-    output,
-):
+def _prepare(model: ModelChoice, task_specs, include_paths, domain_specs, mask_path, output):
     """Check the mask, the tasks' domains and the output folder (cheap), then load the model."""
     from mmneuron_bench.analysis.files import output_dir
-    from mmneuron_bench.analysis.tasks import (
-        parse_task_domains,
-        parse_task_names,
-        resolve_task_domains,
-    )
-    from mmneuron_bench.commands.record import parse_dtype
+    from mmneuron_bench.analysis.tasks import parse_task_domains, resolve_task_domains
     from mmneuron_bench.domains import load_tasks
-    from mmneuron_bench.loading import load_model
     from mmneuron_bench.mask_file import NeuronMask
-    from mmneuron_bench.plugins import get_registry
 
-    names = parse_task_names(task_specs)
+    names = task_names(task_specs)
     explicit = parse_task_domains(domain_specs)
     mask = None if mask_path is None else NeuronMask.load(mask_path)
     tasks = load_tasks(names, list(include_paths))
@@ -264,8 +221,7 @@ def _prepare(
     else:
         domains = resolve_task_domains(tasks, mask.domains, explicit)
     out = output_dir(output)
-    loaded = load_model(get_registry(), pretrained, adapter_name, parse_dtype(dtype), device)
-    return loaded, mask, tasks, domains, out
+    return model.load(), mask, tasks, domains, out
 
 
 @contextmanager
@@ -273,17 +229,11 @@ def _progress(tasks, domains: dict, limit: int | None):
     """A progress bar over every sample of every task, on stderr; yields its advance()."""
     from mmneuron_bench.analysis.tasks import count_samples
 
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=Console(stderr=True)) as progress:
-        bar = progress.add_task("analysing", total=count_samples(tasks, list(domains), limit))
+    with progress() as bars:
+        bar = bars.add_task("analysing", total=count_samples(tasks, list(domains), limit))
 
         def advance(task: str) -> None:
-            progress.update(bar, advance=1, description=task)
+            bars.update(bar, advance=1, description=task)
 
         yield advance
 

@@ -8,28 +8,23 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from mmneuron_bench.cli_options import ModelChoice, model_options
+
 
 def _mb(value: int | None) -> str:
     return "-" if value is None else f"{value / 2**20:.1f}"
 
 
 @click.command()
-@click.option("--model", "adapter_name", help="Adapter name (default: chosen from the config).")
-@click.option("--pretrained", required=True, help="Model path or Hugging Face id.")
+@model_options
 @click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True)
 @click.option("--repeats", type=click.IntRange(min=1), default=5, show_default=True)
-@click.option("--device", default="cpu", show_default=True)
-@click.option("--dtype", default="auto", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
-def bench(adapter_name, pretrained, batch_size, repeats, device, dtype, as_json) -> None:
+def bench(model: ModelChoice, batch_size, repeats, as_json) -> None:
     """Time plain prefill, prefill while recording, and prefill with a random 1 % mask."""
     from mmneuron_bench.bench import PHASES, run_bench
-    from mmneuron_bench.commands.record import parse_dtype
-    from mmneuron_bench.loading import load_model
-    from mmneuron_bench.plugins import get_registry
 
-    loaded = load_model(get_registry(), pretrained, adapter_name, parse_dtype(dtype), device)
-    result = run_bench(loaded, batch_size=batch_size, repeats=repeats)
+    result = run_bench(model.load(), batch_size=batch_size, repeats=repeats)
     if as_json:
         figures = {
             "seconds": result.seconds,

@@ -2,23 +2,21 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import click
-import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from mmneuron_bench.atomic import atomic_write
+from mmneuron_bench.cli_options import ModelChoice, model_options, progress, task_names
 from mmneuron_bench.errors import MMNeuronError
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 SHOW_TOKENS = 20  # tokens in the printed table of `find` (the JSON has all)
 SHOW_NEURONS = 3  # neurons per token in that table
 
@@ -28,31 +26,24 @@ def neurons() -> None:
     """Multimodal neurons (Pan et al.): find them by contribution score, ablate them, edit them."""
 
 
-def _model_options(f):
-    for option in reversed(
-        [
-            click.option("--model", "adapter_name", help="Adapter name (default: from config)."),
-            click.option("--pretrained", required=True, help="Model path or Hugging Face id."),
-            click.option("--device", default="cpu", show_default=True, help="cpu, cuda, ..."),
-            click.option(
-                "--dtype",
-                type=click.Choice(["auto", *DTYPES]),
-                default="auto",
-                show_default=True,
-                help="Weights dtype.",
-            ),
-            click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True),
-        ]
-    ):
-        f = option(f)
-    return f
+_batch_size_option = click.option(
+    "--batch-size", type=click.IntRange(min=1), default=1, show_default=True
+)
 
 
 def _data_options(required: bool):
-    """--tasks, --include-path, --limit, --prompt, --max-new-tokens (ablate/edit: file's)."""
+    """--tasks, --include-path, --limit, --prompt, --max-new-tokens (ablate/edit: file's).
+
+    The command receives them as one keyword argument, ``data_options`` (a :class:`DataOptions`).
+    """
     default = "" if required else " (default: the neurons file's)"
 
-    def wrap(f):
+    def wrap(command):
+        @functools.wraps(command)
+        def with_data(*args, task_specs, include_paths, limit, prompt, max_new_tokens, **kwargs):
+            given = DataOptions(task_specs, include_paths, limit, prompt, max_new_tokens)
+            return command(*args, data_options=given, **kwargs)
+
         for option in reversed(
             [
                 click.option(
@@ -86,8 +77,8 @@ def _data_options(required: bool):
                 ),
             ]
         ):
-            f = option(f)
-        return f
+            with_data = option(with_data)
+        return with_data
 
     return wrap
 
@@ -103,22 +94,28 @@ class Data:
     max_new_tokens: int
 
 
-def _tasks(specs: Sequence[str]) -> list[str]:
-    return list(dict.fromkeys(t.strip() for s in specs for t in s.split(",") if t.strip()))
+@dataclass(frozen=True)
+class DataOptions:
+    """The data options as given on the command line (empty or None: not given)."""
 
+    task_specs: tuple[str, ...]
+    include_paths: tuple[str, ...]
+    limit: int | None
+    prompt: str | None
+    max_new_tokens: int | None
 
-def _data_from(params: dict, task_specs, include_paths, limit, prompt, max_new_tokens) -> Data:
-    """The neurons file's data settings, each overridden where the option is given."""
-    tasks = _tasks(task_specs) or params.get("tasks")
-    if not tasks:
-        raise MMNeuronError("the neurons file names no tasks; give --tasks")
-    return Data(
-        tasks,
-        list(include_paths) or params.get("include_paths", []),
-        limit if limit is not None else params.get("limit"),
-        prompt if prompt is not None else params.get("prompt"),
-        max_new_tokens or params.get("max_new_tokens", 16),
-    )
+    def over(self, params: dict) -> Data:
+        """The data settings ``params`` (a neurons file's), each overridden where given."""
+        tasks = task_names(self.task_specs) if self.task_specs else params.get("tasks")
+        if not tasks:
+            raise MMNeuronError("the neurons file names no tasks; give --tasks")
+        return Data(
+            tasks,
+            list(self.include_paths) or params.get("include_paths", []),
+            self.limit if self.limit is not None else params.get("limit"),
+            self.prompt if self.prompt is not None else params.get("prompt"),
+            self.max_new_tokens or params.get("max_new_tokens", 16),
+        )
 
 
 def _check_out(*paths: Path | None) -> None:
@@ -127,22 +124,11 @@ def _check_out(*paths: Path | None) -> None:
             raise MMNeuronError(f"{path}: cannot write (no folder {path.parent})")
 
 
-def _load(adapter_name, pretrained, device, dtype):
-    from mmneuron_bench.loading import load_model, model_identity
-    from mmneuron_bench.plugins import get_registry
+def _load(model: ModelChoice):
+    from mmneuron_bench.loading import model_identity
 
-    loaded = load_model(get_registry(), pretrained, adapter_name, DTYPES.get(dtype, dtype), device)
-    return loaded, loaded.adapter.resolve(loaded.model), model_identity(loaded, pretrained)
-
-
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-    )
+    loaded = model.load()
+    return loaded, loaded.adapter.resolve(loaded.model), model_identity(loaded, model.pretrained)
 
 
 def _generate(loaded, components, data: Data, batch_size: int, activations=None):
@@ -155,8 +141,8 @@ def _generate(loaded, components, data: Data, batch_size: int, activations=None)
     if not samples:
         raise MMNeuronError(f"the tasks {', '.join(data.tasks)} have no documents")
     generations = []
-    with _progress() as progress:
-        bar = progress.add_task("generating", total=len(samples))
+    with progress() as bars:
+        bar = bars.add_task("generating", total=len(samples))
         for batch in generate(
             loaded,
             tasks,
@@ -168,7 +154,7 @@ def _generate(loaded, components, data: Data, batch_size: int, activations=None)
             components,
         ):
             generations += batch
-            progress.advance(bar, len(batch))
+            bars.advance(bar, len(batch))
     return tasks, generations
 
 
@@ -183,7 +169,8 @@ def _load_neurons(path: Path):
 
 
 @neurons.command("find")
-@_model_options
+@model_options
+@_batch_size_option
 @_data_options(required=True)
 @click.option(
     "--top-k", type=click.IntRange(min=1), default=10, show_default=True, help="Neurons per token."
@@ -206,20 +193,7 @@ def _load_neurons(path: Path):
     help="JSON of scores, promoted tokens and generations (default: OUT with .json).",
 )
 def find(
-    adapter_name,
-    pretrained,
-    device,
-    dtype,
-    batch_size,
-    task_specs,
-    include_paths,
-    limit,
-    prompt,
-    max_new_tokens,
-    top_k,
-    words,
-    out,
-    scores,
+    model: ModelChoice, batch_size, data_options: DataOptions, top_k, words, out, scores
 ) -> None:
     """Score every llm neuron for every generated token; keep each token's top-k neurons.
 
@@ -237,8 +211,8 @@ def find(
 
     scores = scores or _default_scores(out)
     _check_out(out, scores)
-    data = Data(_tasks(task_specs), list(include_paths), limit, prompt, max_new_tokens)
-    loaded, components, model_meta = _load(adapter_name, pretrained, device, dtype)
+    data = data_options.over({})
+    loaded, components, model_meta = _load(model)
     tokenizer = loaded.processor.tokenizer
     llm = llm_component(components)
     if top_k > llm.info.layers * llm.info.width:
@@ -351,7 +325,8 @@ def _find_table(mask, found, promoted, tokenizer, scores: Path) -> Table:
 
 
 @neurons.command("ablate")
-@_model_options
+@model_options
+@_batch_size_option
 @_data_options(required=False)
 @click.option(
     "--neurons",
@@ -371,16 +346,9 @@ def _find_table(mask, found, promoted, tokenizer, scores: Path) -> Table:
     "--out", type=click.Path(dir_okay=False, path_type=Path), help="Also write the results as JSON."
 )
 def ablate(
-    adapter_name,
-    pretrained,
-    device,
-    dtype,
+    model: ModelChoice,
     batch_size,
-    task_specs,
-    include_paths,
-    limit,
-    prompt,
-    max_new_tokens,
+    data_options: DataOptions,
     neurons_path,
     words,
     draws,
@@ -397,11 +365,11 @@ def ablate(
 
     _check_out(out)
     mask = _load_neurons(neurons_path)
-    loaded, components, model_meta = _load(adapter_name, pretrained, device, dtype)
+    loaded, components, model_meta = _load(model)
     check_contribution_mask(mask, model_meta, str(neurons_path))
     tokenizer = loaded.processor.tokenizer
     domains = [resolve_token(mask, tokenizer, w) for w in words] if words else mask.domains
-    data = _data_from(mask.params, task_specs, include_paths, limit, prompt, max_new_tokens)
+    data = data_options.over(mask.params)
     tasks, generations = _generate(loaded, components, data, batch_size)
     results = run_ablation(
         loaded, components, tasks, generations, mask, list(dict.fromkeys(domains)), draws, seed,
@@ -459,7 +427,8 @@ def _ablation_table(mask, results, draws: int, seed: int) -> Table:
 
 
 @neurons.command("edit")
-@_model_options
+@model_options
+@_batch_size_option
 @_data_options(required=False)
 @click.option(
     "--neurons",
@@ -489,16 +458,9 @@ def _ablation_table(mask, results, draws: int, seed: int) -> Table:
     help="Measure the edit on the data (before vs after) and write the numbers as JSON.",
 )
 def edit(
-    adapter_name,
-    pretrained,
-    device,
-    dtype,
+    model: ModelChoice,
     batch_size,
-    task_specs,
-    include_paths,
-    limit,
-    prompt,
-    max_new_tokens,
+    data_options: DataOptions,
     neurons_path,
     source,
     target,
@@ -518,7 +480,7 @@ def edit(
 
     _check_out(out, report)
     mask = _load_neurons(neurons_path)
-    loaded, components, model_meta = _load(adapter_name, pretrained, device, dtype)
+    loaded, components, model_meta = _load(model)
     check_contribution_mask(mask, model_meta, str(neurons_path))
     tokenizer = loaded.processor.tokenizer
     domain = resolve_token(mask, tokenizer, source)
@@ -532,7 +494,7 @@ def edit(
     click.echo(f"wrote {os.fspath(out)}")
     if report is None:
         return
-    data = _data_from(mask.params, task_specs, include_paths, limit, prompt, max_new_tokens)
+    data = data_options.over(mask.params)
     tasks, generations = _generate(loaded, components, data, batch_size)
     effects = edit_effects(
         loaded, tasks, generations, weight_edit, data.prompt, data.max_new_tokens, batch_size

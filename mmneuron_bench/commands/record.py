@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from mmneuron_bench.cli_options import ModelChoice, model_options, progress
 from mmneuron_bench.commands.select import check_out_dir
 from mmneuron_bench.stats_file import ActivationStats, merge
 
@@ -46,8 +46,7 @@ def _summary(stats: ActivationStats) -> Table:
 
 
 @click.command()
-@click.option("--model", "adapter_name", help="Adapter name (default: chosen from the config).")
-@click.option("--pretrained", required=True, help="Model path or Hugging Face id.")
+@model_options
 @click.option(
     "--domain",
     "domain_specs",
@@ -67,10 +66,6 @@ def _summary(stats: ActivationStats) -> Table:
     show_default=True,
     help="Language-model positions counted.",
 )
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
-@click.option(
-    "--dtype", default="auto", show_default=True, help="auto, float32, bfloat16, float16."
-)
 @click.option(
     "--out",
     required=True,
@@ -79,51 +74,29 @@ def _summary(stats: ActivationStats) -> Table:
 )
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its checkpoint.")
 def record(
-    adapter_name,
-    pretrained,
-    domain_specs,
-    include_paths,
-    limit,
-    batch_size,
-    token_scope,
-    device,
-    dtype,
-    out,
-    resume,
+    model: ModelChoice, domain_specs, include_paths, limit, batch_size, token_scope, out, resume
 ) -> None:
     """Count, per neuron and domain, the tokens on which its activation is > 0."""
     from mmneuron_bench.domains import parse_domains
-    from mmneuron_bench.loading import load_model
-    from mmneuron_bench.plugins import get_registry
     from mmneuron_bench.record import Recording, RecordPlan
 
     plan = RecordPlan(
-        pretrained, parse_domains(domain_specs), list(include_paths), limit, token_scope
+        model.pretrained, parse_domains(domain_specs), list(include_paths), limit, token_scope
     )
     check_out_dir(out)
     state, shard = _distributed_shard()
-    if shard.world > 1 and device.startswith("cuda"):
-        device = str(state.device)
-    loaded = load_model(
-        get_registry(), pretrained, adapter_name, dtype=parse_dtype(dtype), device=device
-    )
+    on_cuda = shard.world > 1 and model.device.startswith("cuda")
+    loaded = model.load(device=str(state.device) if on_cuda else None)
     recording = Recording(loaded, plan, shard)
     total = sum(len(s) for s in recording.samples.values())
-    console = Console(stderr=True)
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]} samples/s"),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=console, disable=shard.rank != 0) as progress:
-        bar = progress.add_task("recording", total=total, rate="-")
+    rate = TextColumn("{task.fields[rate]} samples/s")
+    with progress(rate, TimeRemainingColumn(), disable=shard.rank != 0) as bars:
+        bar = bars.add_task("recording", total=total, rate="-")
 
         def advance(domain: str, n: int) -> None:
-            progress.advance(bar, n)
-            speed = progress.tasks[0].speed
-            progress.update(bar, description=domain, rate=f"{speed:.1f}" if speed else "-")
+            bars.advance(bar, n)
+            speed = bars.tasks[0].speed
+            bars.update(bar, description=domain, rate=f"{speed:.1f}" if speed else "-")
 
         stats = recording.run(out, batch_size=batch_size, resume=resume, on_batch=advance)
     if shard.world > 1:
@@ -136,15 +109,3 @@ def record(
     from mmneuron_bench.record import checkpoint_path
 
     checkpoint_path(out, plan.digest(recording.model_meta), shard).unlink(missing_ok=True)
-
-
-def parse_dtype(name: str):
-    """The torch dtype named by --dtype (``auto`` lets transformers choose)."""
-    if name == "auto":
-        return "auto"
-    try:
-        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[
-            name
-        ]
-    except KeyError:
-        raise click.BadParameter(f"unknown dtype {name!r}", param_hint="--dtype") from None

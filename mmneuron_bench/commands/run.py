@@ -11,11 +11,17 @@ import os
 from pathlib import Path
 
 import click
-from click.core import ParameterSource
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import TimeElapsedColumn
 from rich.table import Table
 
+from mmneuron_bench.cli_options import (
+    ModelChoice,
+    given_options,
+    model_options,
+    progress,
+    task_names,
+)
 from mmneuron_bench.commands.select import OptionConflict
 from mmneuron_bench.errors import MMNeuronError
 
@@ -76,14 +82,9 @@ def grid_table(header: dict, cells: list[dict]) -> Table:
     return table
 
 
-def _given(ctx: click.Context, names: tuple[str, ...]) -> set[str]:
-    sources = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
-    return {name for name in names if ctx.get_parameter_source(name) in sources}
-
-
 def _check_options(ctx: click.Context, mask, stats, mode, grid, baseline) -> None:
     """Refuse combinations that make no sense, before anything is loaded."""
-    given = _given(ctx, MASK_OPTIONS)
+    given = given_options(ctx, MASK_OPTIONS)
     if grid:
         if mask is None:
             raise OptionConflict("--grid needs --mask (the neurons to switch off)")
@@ -100,8 +101,7 @@ def _check_options(ctx: click.Context, mask, stats, mode, grid, baseline) -> Non
 
 
 @click.command("run")
-@click.option("--model", "adapter_name", help="Adapter name (default: chosen from the config).")
-@click.option("--pretrained", required=True, help="Model path or Hugging Face id.")
+@model_options
 @click.option("--base", help="lmms-eval model to wrap (default: the adapter's lmms-eval model).")
 @click.option(
     "--mask",
@@ -137,16 +137,14 @@ def _check_options(ctx: click.Context, mask, stats, mode, grid, baseline) -> Non
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="Weight edit (neurons edit) applied around every task and removed after it.",
 )
-@click.option("--tasks", required=True, help="lmms-eval tasks, comma-separated.")
+@click.option(
+    "--tasks", multiple=True, required=True, help="lmms-eval tasks, comma-separated or repeated."
+)
 @click.option(
     "--include-path", "include_paths", multiple=True, help="Extra lmms-eval task folders."
 )
 @click.option("--limit", type=click.IntRange(min=1), help="At most N documents per task.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True)
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
-@click.option(
-    "--dtype", default="auto", show_default=True, help="auto, float32, bfloat16, float16."
-)
 @click.option(
     "--output",
     type=click.Path(file_okay=False, path_type=Path),
@@ -168,8 +166,7 @@ def _check_options(ctx: click.Context, mask, stats, mode, grid, baseline) -> Non
 @click.pass_context
 def run(
     ctx: click.Context,
-    adapter_name,
-    pretrained,
+    model: ModelChoice,
     base,
     mask,
     modules,
@@ -181,8 +178,6 @@ def run(
     include_paths,
     limit,
     batch_size,
-    device,
-    dtype,
     output,
     seed,
     grid,
@@ -196,30 +191,30 @@ def run(
     """
     _check_options(ctx, mask, stats, mode, grid, baseline)
     from mmneuron_bench.domains import task_manager
-    from mmneuron_bench.evaluate import parse_task_list, quiet_lmms_eval_logging
+    from mmneuron_bench.evaluate import quiet_lmms_eval_logging
     from mmneuron_bench.lmms.model import pick_base
 
-    names = parse_task_list(tasks)
+    names = task_names(tasks)
     quiet_lmms_eval_logging()
-    _, base_name = pick_base(pretrained, adapter_name, base)
+    _, base_name = pick_base(model.pretrained, model.adapter_name, base)
     manager = task_manager(names, include_paths, base_name)
     settings = {
         "tasks": names,
         "include_paths": [os.fspath(p) for p in include_paths],
         "limit": limit,
         "batch_size": batch_size,
-        "device": device,
-        "dtype": dtype,
+        "device": model.device,
+        "dtype": model.dtype,
         "seed": seed,
         "mode": mode,
         "domain": domain,
     }
     model_args = {
         "base": base_name,
-        "adapter": adapter_name,
-        "pretrained": pretrained,
-        "device": device,
-        "dtype": dtype,
+        "adapter": model.adapter_name,
+        "pretrained": model.pretrained,
+        "device": model.device,
+        "dtype": model.dtype,
         "batch_size": batch_size,
     }
     if edit is not None:
@@ -298,15 +293,13 @@ def _run_grid(manager, names, model_args, mask, stats, settings, output: Path, b
     configs = {name: task_objects[name].dump_config() for name in names}
     write_json(output / "provenance.json", provenance(lm, settings, mask, stats, configs))
     total = len(plan_cells(header["module_sets"], names, baseline))
-    console = Console(stderr=True)
     if done:
-        console.print(f"resuming: {done} of {total} cells already in {output / 'grid.json'}")
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
-    with Progress(*columns, TimeElapsedColumn(), console=console) as progress:
-        bar = progress.add_task("grid", total=total, completed=done)
+        click.echo(f"resuming: {done} of {total} cells already in {output / 'grid.json'}", err=True)
+    with progress(TimeElapsedColumn()) as bars:
+        bar = bars.add_task("grid", total=total, completed=done)
 
         def advance(cell, _value: float) -> None:
-            progress.update(bar, advance=1, description=f"{cell.module_set} {cell.task}")
+            bars.update(bar, advance=1, description=f"{cell.module_set} {cell.task}")
 
         cells = run_grid(
             lm,

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import click
 import torch
-from click.core import ParameterSource
 from rich.console import Console
 from rich.table import Table
 from safetensors import SafetensorError
 
+from mmneuron_bench.cli_options import given_options
 from mmneuron_bench.dape import dape_mask, select_random_like
 from mmneuron_bench.errors import MMNeuronError
 from mmneuron_bench.mask_file import NeuronMask, sha256_file
@@ -124,12 +124,7 @@ def select(
     is not given: the new mask has, for every domain, component and layer, as many neurons as
     MASK, chosen uniformly with --seed (the paper's random baseline).
     """
-    given = {
-        name
-        for name in (*DAPE_OPTIONS, "seed")
-        if ctx.get_parameter_source(name)
-        in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
-    }
+    given = given_options(ctx, (*DAPE_OPTIONS, "seed"))
     _check_options(method, stats, like, given)
     check_out_dir(out)
     if method == "dape":

@@ -1,0 +1,109 @@
+"""Options and helpers shared by the commands that load a model or read lmms-eval tasks."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import click
+from click.core import ParameterSource
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TextColumn,
+    TimeRemainingColumn,
+)
+
+from mmneuron_bench.errors import MMNeuronError
+
+DTYPE_NAMES = ("auto", "float32", "bfloat16", "float16")
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """Which model to load and where: ``--model``, ``--pretrained``, ``--device``, ``--dtype``."""
+
+    adapter_name: str | None
+    pretrained: str
+    device: str
+    dtype: str
+
+    def torch_dtype(self):
+        """The torch dtype named by ``dtype`` (``"auto"`` lets transformers choose)."""
+        import torch
+
+        return "auto" if self.dtype == "auto" else getattr(torch, self.dtype)
+
+    def load(self, device: str | None = None):
+        """Pick the adapter and load model and processor (on ``device`` if given)."""
+        from mmneuron_bench.loading import load_model
+        from mmneuron_bench.plugins import get_registry
+
+        return load_model(
+            get_registry(),
+            self.pretrained,
+            self.adapter_name,
+            self.torch_dtype(),
+            device or self.device,
+        )
+
+
+def model_options(command: Callable) -> Callable:
+    """Add ``--model``, ``--pretrained``, ``--device`` and ``--dtype``.
+
+    The command receives them as one keyword argument, ``model`` (a :class:`ModelChoice`).
+    """
+
+    @functools.wraps(command)
+    def with_model(*args, adapter_name, pretrained, device, dtype, **kwargs):
+        return command(*args, model=ModelChoice(adapter_name, pretrained, device, dtype), **kwargs)
+
+    options = (
+        click.option(
+            "--model", "adapter_name", help="Adapter name (default: chosen from the config)."
+        ),
+        click.option("--pretrained", required=True, help="Model path or Hugging Face id."),
+        click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ..."),
+        click.option(
+            "--dtype",
+            type=click.Choice(DTYPE_NAMES),
+            default="auto",
+            show_default=True,
+            help="Weights dtype.",
+        ),
+    )
+    for option in reversed(options):
+        with_model = option(with_model)
+    return with_model
+
+
+def task_names(values: Sequence[str]) -> list[str]:
+    """``("a,b", "c")`` -> ``["a", "b", "c"]``: repeated or comma-separated ``--tasks``."""
+    names = list(
+        dict.fromkeys(n.strip() for value in values for n in value.split(",") if n.strip())
+    )
+    if not names:
+        raise MMNeuronError("--tasks names no task")
+    return names
+
+
+def given_options(ctx: click.Context, names: Sequence[str]) -> set[str]:
+    """Which of the parameters ``names`` were set on the command line or the environment."""
+    sources = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+    return {name for name in names if ctx.get_parameter_source(name) in sources}
+
+
+def progress(*columns: ProgressColumn, disable: bool = False) -> Progress:
+    """A progress bar on stderr: description, bar, done/total, then ``columns`` (or ETA)."""
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        *(columns or (TimeRemainingColumn(),)),
+        console=Console(stderr=True),
+        disable=disable,
+    )
