@@ -38,6 +38,9 @@ METHOD = "contribution"
 _DOWN_NAMES = ("down_proj", "fc2", "dense_4h_to_h", "c_proj", "w2", "wo")
 _TOKEN_CHUNK = 64  # tokens whose projections are computed together
 _NEURON_CHUNK = 256  # neurons whose promoted tokens are computed together
+# Plain greedy decoding whatever the checkpoint's generation_config asks for (beams, penalties):
+# every new token is the argmax of the model's own next-token distribution.
+GREEDY = {"do_sample": False, "num_beams": 1, "repetition_penalty": 1.0, "no_repeat_ngram_size": 0}
 
 
 @dataclass(frozen=True)
@@ -297,7 +300,7 @@ def generate(
         if not bool(inputs["attention_mask"][:, -1].all()):
             raise MMNeuronError("the processor pads on the right; generation needs left padding")
         with torch.inference_mode(), capture.hooks() if capture else nullcontext():
-            out = model.generate(**inputs, do_sample=False, max_new_tokens=max_new_tokens)
+            out = model.generate(**inputs, **GREEDY, max_new_tokens=max_new_tokens)
             steps = capture.take() if capture else None
         new = out[:, inputs["input_ids"].shape[1] :].tolist()
         generations = [
@@ -305,9 +308,10 @@ def generate(
             for s, q, row in zip(batch, questions, new, strict=True)
         ]
         if steps is not None:
-            if steps.shape[0] != len(new[0]):
+            if steps.shape[:2] != (len(new[0]), len(batch)):
                 raise MMNeuronError(
-                    f"generation ran {steps.shape[0]} forwards for {len(new[0])} new tokens"
+                    f"generation ran {steps.shape[0]} forwards of {steps.shape[1]} rows for "
+                    f"{len(new[0])} new tokens of {len(batch)} samples"
                 )
             for b, generation in enumerate(generations):
                 activations.add(generation.tokens, steps[: len(generation.tokens), b])

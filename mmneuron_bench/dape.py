@@ -7,8 +7,11 @@ integer: `round(0.01 * 250) == 2`, `round(0.01 * 350) == 4`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
+from mmneuron_bench.errors import MMNeuronError
 from mmneuron_bench.mask_file import NeuronMask
 from mmneuron_bench.stats_file import ActivationStats
 
@@ -17,8 +20,11 @@ def entropy_over_domains(p: torch.Tensor) -> torch.Tensor:
     """Entropy in nats over axis 0 of the L1-normalised `p` ([D, L, N] -> [L, N]).
 
     `q = p / p.sum(0)`, with `q = 0` where the sum is 0, and `0 log 0 = 0`: a neuron active in
-    one domain only has entropy 0, one equally active everywhere has `log D`.
+    one domain only has entropy 0, one equally active everywhere has `log D`. The values are
+    summed in sorted order, so neurons whose `p` are permutations of each other get the very
+    same float (an exact tie, broken by index), not two values one rounding apart.
     """
+    p = p.sort(0).values
     total = p.sum(0)
     q = (p / total).masked_fill_(total == 0, 0.0)
     return -q.xlogy_(q).sum(0)
@@ -68,7 +74,8 @@ def select_dape(
 
     h = entropy_over_domains(p)
     h.masked_fill_(~(p > tau).any(0), float("inf"))
-    chosen = _smallest(h.reshape(-1), round(top_rate * layers * width)).reshape(layers, width)
+    chosen = _smallest(h.reshape(-1), round(top_rate * (layers * width)))
+    chosen = chosen.reshape(layers, width)
     return chosen & (p > bar)
 
 
@@ -100,28 +107,41 @@ def dape_mask(
     )
 
 
-def select_random_like(mask: NeuronMask, seed: int) -> NeuronMask:
+def select_random_like(mask: NeuronMask, seed: int, together: Sequence[str] = ()) -> NeuronMask:
     """A control mask: per domain, component and layer, as many neurons as `mask`, uniformly.
 
+    Domains named in ``together`` (a task's '+'-joined domains, switched off at once) share
+    one draw with as many neurons per component and layer as the union of theirs, so that
+    switching them off together removes as many random neurons as mask neurons.
     Deterministic for a seed (one `torch.Generator`, fixed iteration order).
     """
+    unknown = sorted(set(together) - set(mask.domains))
+    if unknown:
+        raise MMNeuronError(f"domain {unknown[0]!r} is not in the mask ({', '.join(mask.domains)})")
+    group = [d for d in mask.domains if d in set(together)]
     generator = torch.Generator().manual_seed(seed)
     masks = {}
     for d in mask.domains:
+        if d in group[1:]:
+            continue  # drawn with the group's first domain
+        domains = group if d in group else [d]
         for c in mask.components:
-            like = mask.masks[(d, c)]
+            like = torch.stack([mask.masks[(g, c)] for g in domains]).any(0)
             out = torch.zeros_like(like)
             for layer, count in enumerate(like.sum(1).tolist()):
                 if count:
                     picked = torch.randperm(like.shape[1], generator=generator)[:count]
                     out[layer, picked] = True
-            masks[(d, c)] = out
+            masks.update({(g, c): out.clone() for g in domains})
+    params = {"seed": seed, "like": {"method": mask.method, "params": mask.params}}
+    if len(group) > 1:
+        params["together"] = group
     return NeuronMask(
         domains=list(mask.domains),
         components=dict(mask.components),
         model=dict(mask.model),
         method="random",
-        params={"seed": seed, "like": {"method": mask.method, "params": mask.params}},
+        params=params,
         source=mask.source,
         masks=masks,
     )

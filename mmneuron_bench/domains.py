@@ -23,14 +23,18 @@ def parse_domains(values: tuple[str, ...] | list[str]) -> dict[str, list[str]]:
     domains: dict[str, list[str]] = {}
     for value in values:
         name, sep, tasks = value.partition("=")
+        name = name.strip()
         task_list = [t.strip() for t in tasks.split(",") if t.strip()]
-        if not sep or not name.strip() or not task_list:
+        if not sep or not name or not task_list:
             raise MMNeuronError(f"--domain {value!r} is not of the form NAME=TASK[,TASK...]")
         if "/" in name:
             raise MMNeuronError(f"domain name {name!r} must not contain '/'")
         if name in domains:
             raise MMNeuronError(f"domain {name!r} is given twice")
-        domains[name.strip()] = task_list
+        repeated = next((t for i, t in enumerate(task_list) if t in task_list[:i]), None)
+        if repeated is not None:
+            raise MMNeuronError(f"task {repeated!r} is given twice for domain {name!r}")
+        domains[name] = task_list
     if not domains:
         raise MMNeuronError("give at least one --domain NAME=TASK[,TASK...]")
     return domains

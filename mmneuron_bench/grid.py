@@ -2,7 +2,8 @@
 
 One loaded ``mmneuron`` model is evaluated once per cell (module set, mask, task). The mask is
 the given one (``"dape"``) or, with the random baseline, :func:`select_random_like` of it
-(``"random"``): as many neurons per domain, component and layer. Module set ``none`` switches
+(``"random"``): as many neurons per domain, component and layer, and for a task with
+'+'-joined domains as many as the union of theirs. Module set ``none`` switches
 nothing off and is evaluated once, under ``"dape"``.
 
 Files (read by other tools; keep them exactly):
@@ -154,16 +155,18 @@ def run_grid(
     out_dir.mkdir(parents=True, exist_ok=True)
     cells = load_cells(out_dir, header)
     done = {Cell(c["module_set"], c["mask"], c["task"]) for c in cells}
-    masks = {"dape": mask}
+    random_masks = {}
     if header["baseline"] == "random":
-        masks["random"] = select_random_like(mask, seed)
+        for task in header["tasks"].values():
+            domains = task["domain"].split("+")
+            random_masks[task["domain"]] = select_random_like(mask, seed, together=domains)
     plan = plan_cells(header["module_sets"], list(header["tasks"]), header["baseline"])
     for cell in plan:
         if cell in done:
             continue
         task = header["tasks"][cell.task]
         lm.set_mask(
-            masks[cell.mask],
+            mask if cell.mask == "dape" else random_masks[task["domain"]],
             modules=cell.module_set,
             domain=task["domain"],
             mode=mode,

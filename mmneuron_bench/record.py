@@ -53,19 +53,28 @@ def checkpoint_path(out: Path, digest: str, shard: Shard) -> Path:
     return out.with_name(f"{out.name}.{digest}.rank{shard.rank}-of-{shard.world}.partial")
 
 
-def _start(out: Path, checkpoint: Path, resume: bool, fresh: ActivationStats) -> ActivationStats:
-    """The stats to continue from: the checkpoint when resuming, else zeros."""
-    others = sorted(p for p in out.parent.glob(f"{out.name}.*.partial") if p != checkpoint)
-    if resume and not checkpoint.exists():
-        if others:
-            raise MMNeuronError(
-                f"cannot resume: {others[0]} was recorded with other settings, model or "
-                "number of processes"
-            )
-        return fresh
+def _start(
+    out: Path, digest: str, shard: Shard, resume: bool, fresh: ActivationStats
+) -> ActivationStats:
+    """The stats to continue from: this shard's checkpoint when resuming, else zeros.
+
+    Resuming is refused when a checkpoint of another run (settings, model or number of
+    processes) lies beside ``out``; another shard of this run may have one while this one
+    has none yet (it was stopped before its first save) and then starts from zero.
+    """
+    checkpoint = checkpoint_path(out, digest, shard)
     if not resume:
         return fresh
-    return ActivationStats.load(checkpoint)
+    if checkpoint.exists():
+        return ActivationStats.load(checkpoint)
+    this_run = {checkpoint_path(out, digest, Shard(r, shard.world)) for r in range(shard.world)}
+    others = sorted(p for p in out.parent.glob(f"{out.name}.*.partial") if p not in this_run)
+    if others:
+        raise MMNeuronError(
+            f"cannot resume: {others[0]} was recorded with other settings, model or "
+            "number of processes"
+        )
+    return fresh
 
 
 class Recording:
@@ -103,7 +112,7 @@ class Recording:
         """Record this shard; returns its stats (checkpointed to disk as it goes)."""
         digest = self.plan.digest(self.model_meta)
         checkpoint = checkpoint_path(out, digest, self.shard)
-        stats = _start(out, checkpoint, resume, self.empty_stats())
+        stats = _start(out, digest, self.shard, resume, self.empty_stats())
         device = next(self.loaded.model.parameters()).device
         recorder = ActivationRecorder(self.components, len(stats.domains), device)
         last_save = time.monotonic()

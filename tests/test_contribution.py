@@ -65,6 +65,36 @@ def _llm_outputs(components, run):
     return seen, result
 
 
+def _argmax_continuation(loaded, inputs, steps: int) -> list[int]:
+    """Independent greedy decoding of one prompt: full forwards, argmax of the last logits."""
+    ids, extra = inputs["input_ids"], {k: v for k, v in inputs.items() if k != "input_ids"}
+    tokens = []
+    with torch.no_grad():
+        for _ in range(steps):
+            extra["attention_mask"] = torch.ones_like(ids)
+            token = int(loaded.model(input_ids=ids, **extra).logits[0, -1].argmax())
+            tokens.append(token)
+            ids = torch.cat([ids, torch.tensor([[token]])], dim=1)
+    return tokens
+
+
+def test_generation_is_plain_greedy_whatever_the_checkpoint_asks(tiny_llava_next, tasks):
+    loaded = load_model(get_registry(), str(tiny_llava_next))
+    _, plain, expected = _run(loaded, tasks, limit=3, max_new_tokens=4, batch_size=2)
+    config = loaded.model.generation_config
+    config.num_beams, config.repetition_penalty, config.no_repeat_ngram_size = 3, 1.5, 2
+    _, beamed, generations = _run(loaded, tasks, limit=3, max_new_tokens=4, batch_size=2)
+    assert [g.tokens for g in generations] == [g.tokens for g in expected]
+    assert beamed.counts == plain.counts
+    for token, total in plain.sums.items():
+        assert torch.allclose(beamed.sums[token], total, rtol=1e-5, atol=1e-6)
+    for generation in generations:
+        image, question = sample_content(tasks, generation.sample)
+        inputs = loaded.adapter.build_inputs(loaded.processor, [image], [question])
+        argmax = _argmax_continuation(loaded, inputs, len(generation.tokens))
+        assert list(generation.tokens) == argmax
+
+
 @pytest.mark.parametrize("family", ["llava_next", "instructblip"])
 def test_score_at_one_position_equals_a_direct_computation(family, tiny_checkpoint_dir, tasks):
     loaded = load_model(get_registry(), str(tiny_checkpoint_dir[family]))

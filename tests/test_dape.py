@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -9,6 +10,7 @@ import torch
 
 from mmneuron_bench.components import ComponentInfo
 from mmneuron_bench.dape import dape_mask, entropy_over_domains, select_dape, select_random_like
+from mmneuron_bench.errors import MMNeuronError
 from mmneuron_bench.mask_file import NeuronMask
 from mmneuron_bench.stats_file import ActivationStats
 
@@ -83,15 +85,26 @@ def test_multi_domain_assignment():
 
 @pytest.mark.parametrize(
     ("top_rate", "layers", "width", "count"),
-    [(0.25, 2, 5, 2), (0.25, 2, 7, 4), (0.125, 4, 5, 2), (0.01, 10, 100, 10)],
+    [(0.25, 2, 5, 2), (0.25, 2, 7, 4), (0.125, 4, 5, 2), (0.01, 10, 100, 10), (0.01, 7, 150, 10)],
 )
 def test_count_is_python_round_of_top_rate(top_rate, layers, width, count):
-    # 2.5 -> 2 and 3.5 -> 4: Python's round, halves to even.
+    # 2.5 -> 2 and 3.5 -> 4: Python's round, halves to even; 0.01 * 1050 is 10.5 -> 10
+    # (0.01 * 7 * 150, multiplied left to right, is 10.500000000000002 and would give 11).
     g = torch.Generator().manual_seed(0)
     p = torch.rand(2, layers, width, generator=g, dtype=torch.float64) + 0.01
     chosen = select_dape(p, top_rate=top_rate, filter_rate=0.0, bar_ratio=0.0)
-    assert count == round(top_rate * layers * width)
+    assert count == round(top_rate * (layers * width))
     assert int(chosen.any(0).sum()) == count
+
+
+def test_permuted_probabilities_tie_exactly_and_the_smaller_index_wins():
+    # p of neurons 0..5 are the six orders of (2, 3, 9) / 340 over three domains: one entropy.
+    orders = list(itertools.permutations([2.0, 3.0, 9.0]))[::-1]
+    p = torch.tensor(orders, dtype=torch.float64).T.reshape(3, 1, 6) / 340
+    h = entropy_over_domains(p)
+    assert len(set(h.flatten().tolist())) == 1
+    chosen = select_dape(p, top_rate=1 / 6, filter_rate=0.0, bar_ratio=0.0)
+    assert chosen.any(0).flatten().nonzero().flatten().tolist() == [0]
 
 
 @pytest.mark.parametrize(
@@ -130,16 +143,12 @@ def reference_dape(
             column = [values[d][layer][n] for d in range(n_domains)]
             if not any(v > tau for v in column):
                 continue
-            total = sum(column)
-            entropy = 0.0
-            for v in column:
-                q = v / total if total > 0 else 0.0
-                if q > 0:
-                    entropy -= q * math.log(q)
-            candidates.append((entropy, layer * width + n))
+            total = math.fsum(column)
+            terms = [-(v / total) * math.log(v / total) for v in column if v > 0]
+            candidates.append((math.fsum(terms), layer * width + n))
     candidates.sort()
     out = torch.zeros(n_domains, layers, width, dtype=torch.bool)
-    for _, flat in candidates[: round(top_rate * layers * width)]:
+    for _, flat in candidates[: round(top_rate * (layers * width))]:
         layer, n = divmod(flat, width)
         for d in range(n_domains):
             out[d, layer, n] = values[d][layer][n] > bar
@@ -243,3 +252,25 @@ def test_random_like_keeps_counts_and_is_seeded():
     other = select_random_like(mask, seed=2)
     assert all(torch.equal(first.masks[k], again.masks[k]) for k in mask.masks)
     assert any(not torch.equal(first.masks[k], other.masks[k]) for k in mask.masks)
+
+
+def test_random_like_draws_joined_domains_once_with_their_union_count():
+    base = dape_mask(make_stats(), top_rate=0.2, filter_rate=0.5, bar_ratio=0.5)
+    masks = dict(base.masks)
+    for c in base.components:  # b shares every neuron of a's first layer
+        masks[("b", c)] = base.masks[("b", c)].clone()
+        masks[("b", c)][0] |= base.masks[("a", c)][0]
+    mask = NeuronMask(base.domains, base.components, base.model, "dape", {}, None, masks)
+    joined = select_random_like(mask, seed=3, together=["b", "a"])
+    assert joined.params["together"] == ["a", "b"]
+    for c in mask.components:
+        union = mask.masks[("a", c)] | mask.masks[("b", c)]
+        assert torch.equal(joined.masks[("a", c)], joined.masks[("b", c)])
+        assert joined.masks[("a", c)].sum(1).tolist() == union.sum(1).tolist()
+        assert joined.masks[("c", c)].sum(1).tolist() == mask.masks[("c", c)].sum(1).tolist()
+    # One domain "together" is the plain draw, so single-domain results do not move.
+    plain, single = select_random_like(mask, 3), select_random_like(mask, 3, together=["b"])
+    assert all(torch.equal(plain.masks[k], single.masks[k]) for k in mask.masks)
+    assert "together" not in single.params
+    with pytest.raises(MMNeuronError, match="domain 'z' is not in the mask"):
+        select_random_like(mask, 3, together=["a", "z"])

@@ -152,6 +152,31 @@ def test_deviation_matches_an_independent_computation(loaded, tasks, mask):
     assert by_set["all"].dape > 0.0
 
 
+def test_joined_domains_are_compared_with_as_many_random_neurons(loaded, tasks, mask):
+    _, task_objects = tasks
+    masks = dict(mask.masks)
+    masks[("driving", "llm")] = mask.masks[("driving", "llm")] | mask.masks[("medical", "llm")]
+    overlapping = NeuronMask(mask.domains, mask.components, {}, "test", {}, None, masks)
+    domains = {"vqa_medical": "medical+driving"}
+    [row] = measure_deviation(loaded, task_objects, domains, overlapping, ["all"], 2, 1)
+    union = {
+        c: overlapping.masks[("medical", c)] | overlapping.masks[("driving", c)]
+        for c in overlapping.components
+    }
+    assert row.neurons == sum(int(u.sum()) for u in union.values()) == 10
+    for seed in range(2):
+        random = select_random_like(overlapping, seed, ["medical", "driving"])
+        drawn = {
+            (c, layer): row_mask.nonzero().flatten().tolist()
+            for c in union
+            for layer, row_mask in enumerate(random.masks[("medical", c)])
+            if row_mask.any()
+        }
+        assert sum(len(i) for i in drawn.values()) == row.neurons
+        expected = hand_deviation(loaded, task_objects, "vqa_medical", drawn, 1)
+        assert row.random[seed] == pytest.approx(expected, rel=1e-9, abs=1e-12)
+
+
 def test_empty_mask_gives_exactly_zero(loaded, tasks, mask):
     _, task_objects = tasks
     empty = NeuronMask(

@@ -202,8 +202,55 @@ def test_a_grid_folder_of_other_settings_is_refused(tiny_llava_next, task_dir, m
     assert result.exit_code == 1
     [line] = [x for x in result.output.splitlines() if x.startswith("Error:")]
     assert "holds a grid run with other settings (limit: 5, now 2)" in line
+    # A weight edit or a stats file that the earlier cells ran with and this run lacks.
+    same = {**settings, "limit": LIMIT}
+    for record, key in (
+        ({"settings": {**same, "edit": {"path": "e.edit.safetensors", "sha256": "0"}}}, "edit"),
+        ({"settings": same, "stats": {"path": "s.stats.safetensors", "sha256": "0"}}, "stats"),
+    ):
+        (out / "provenance.json").write_text(json.dumps(record))
+        result = invoke(*_args(tiny_llava_next, task_dir, mask_path, out, "--grid"))
+        assert result.exit_code == 1
+        [line] = [x for x in result.output.splitlines() if x.startswith("Error:")]
+        assert f"holds a grid run with other settings ({key}: {{'path'" in line
+        assert line.endswith("now None); give another --output to start anew")
     (out / "provenance.json").unlink()
     result = invoke(*_args(tiny_llava_next, task_dir, mask_path, out, "--grid"))
     assert result.exit_code == 1
     [line] = [x for x in result.output.splitlines() if x.startswith("Error:")]
     assert "holds another grid (model differs)" in line
+
+
+def test_random_cells_of_joined_domains_switch_off_as_many_neurons_as_the_mask(
+    tiny_llava_next, task_dir, mask_path, tmp_path
+):
+    lm = MMNeuronLMM(pretrained=str(tiny_llava_next), device="cpu")
+    mask = NeuronMask.load(mask_path)
+    names = [TASKS[1]]
+    manager = task_manager(names, [str(task_dir)], lm.base_name)
+    tasks = grid_tasks(manager.load_task_or_group(names), mask, "common+medical")
+    header = grid_header(lm.identity(), file_ref(mask_path), "random", tasks, ["vision", "all"])
+    switched_off = {}
+
+    def counting(task: str) -> dict:
+        results = evaluate(lm, [task], manager, 1)
+        intervention = lm.interventions["mask"]
+        switched_off[tuple(intervention.roles), intervention.mask.method] = sum(
+            intervention.task_counts[task].values()
+        )
+        return results
+
+    run_grid(lm, mask, header, counting, tmp_path / "grid")
+    union = {c: mask.masks[("common", c)] | mask.masks[("medical", c)] for c in mask.components}
+    overlap = sum(
+        int((mask.masks[("common", c)] & mask.masks[("medical", c)]).sum()) for c in union
+    )
+    assert overlap > 0, "the domains must share neurons for this test to mean anything"
+    vision_union = int(union["vision"].sum())
+    all_union = sum(int(u.sum()) for u in union.values())
+    assert switched_off == {
+        (("vision",), "dape"): vision_union,
+        (("vision",), "random"): vision_union,
+        (("vision", "connector", "llm"), "dape"): all_union,
+        (("vision", "connector", "llm"), "random"): all_union,
+    }

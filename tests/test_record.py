@@ -10,9 +10,10 @@ import torch
 from mmneuron_bench import record as record_module
 from mmneuron_bench.adapter import IMAGE, PAD, TEXT
 from mmneuron_bench.domains import sample_content
-from mmneuron_bench.loading import load_model
+from mmneuron_bench.errors import MMNeuronError
+from mmneuron_bench.loading import load_model, model_identity
 from mmneuron_bench.plugins import get_registry
-from mmneuron_bench.record import Recording, RecordPlan
+from mmneuron_bench.record import Recording, RecordPlan, Shard, checkpoint_path
 from mmneuron_bench.testing import write_tiny_task
 
 # The Linear feeding each component's activation, per family; act(x) > 0 iff x > 0 for
@@ -164,6 +165,27 @@ def test_resume_continues_without_counting_twice(tiny_llava_next, task_dir, tmp_
     for name in full.components:
         assert torch.equal(resumed.active[name], full.active[name]), name
         assert torch.equal(resumed.tokens[name], full.tokens[name]), name
+
+
+def test_a_shard_without_a_checkpoint_resumes_beside_its_siblings(
+    tiny_llava_next, task_dir, tmp_path
+):
+    loaded = load_model(get_registry(), str(tiny_llava_next))
+    plan = _plan(tiny_llava_next, task_dir)
+    out = tmp_path / "x.stats.safetensors"
+    first, second = Shard(0, 2), Shard(1, 2)
+    alone = Recording(loaded, plan, second).run(tmp_path / "alone.stats.safetensors")
+    digest = plan.digest(model_identity(loaded, str(tiny_llava_next)))
+    Recording(loaded, plan, first).empty_stats().save(checkpoint_path(out, digest, first))
+    resumed = Recording(loaded, plan, second).run(out, resume=True)
+    assert resumed.samples == alone.samples
+    for name in alone.components:
+        assert torch.equal(resumed.active[name], alone.active[name]), name
+    # A checkpoint of another number of processes still stops a resume.
+    other = tmp_path / "y.stats.safetensors"
+    Recording(loaded, plan).empty_stats().save(checkpoint_path(other, digest, Shard(0, 3)))
+    with pytest.raises(MMNeuronError, match=r"cannot resume: .*rank0-of-3.partial was recorded"):
+        Recording(loaded, plan, first).run(other, resume=True)
 
 
 def test_empty_domain_is_refused(tiny_llava, tmp_path):

@@ -49,6 +49,8 @@ def test_record_writes_stats_and_prints_a_summary(tiny_llava, task_dir, tmp_path
     [
         (["--domain", "broken"], "--domain 'broken' is not of the form NAME=TASK[,TASK...]"),
         (["--domain", "c=not_a_task_anywhere"], "task 'not_a_task_anywhere' not found"),
+        (["--domain", " a =tiny_b"], "domain 'a' is given twice"),
+        (["--domain", "c=tiny_a,tiny_b, tiny_a"], "task 'tiny_a' is given twice for domain 'c'"),
     ],
 )
 def test_bad_input_is_a_one_line_error(tiny_llava, task_dir, tmp_path, extra, message):

@@ -28,8 +28,9 @@ DEFINITION = (
     "position of the language model's input (image and text tokens of the prompt), from one "
     "prefill forward; H'_s is the same with the task domain's neurons of the module set off "
     "(set to 0; for '+'-joined domains, the union of their neurons); ||.||_2 is the L2 norm of "
-    "the flattened matrix; float64. random: the same for select_random_like(mask, seed), seeds "
-    "0..S-1, as mean and population std (ddof=0)."
+    "the flattened matrix; float64. random: the same for select_random_like(mask, seed, the "
+    "task's domains), seeds 0..S-1 (as many neurons per component and layer as the mask's "
+    "union), as mean and population std (ddof=0)."
 )
 CSV_HEADER = (
     "task",
@@ -123,9 +124,10 @@ def measure_deviation(
             f"unknown module set {unknown[0]!r}; choose from {', '.join(MODULE_SETS)}"
         )
     components = loaded.adapter.resolve(loaded.model)
-    masks = [mask, *(select_random_like(mask, seed) for seed in range(seeds))]
     rows = []
     for task, domain in task_domains.items():
+        together = domain.split("+")
+        masks = [mask, *(select_random_like(mask, seed, together) for seed in range(seeds))]
         plans = {
             s: [Deactivation(components, m, domain.split("+"), MODULE_SETS[s]) for m in masks]
             for s in module_sets

@@ -191,7 +191,7 @@ def run(
     """
     _check_options(ctx, mask, stats, mode, grid, baseline)
     from mmneuron_bench.domains import task_manager
-    from mmneuron_bench.evaluate import quiet_lmms_eval_logging
+    from mmneuron_bench.evaluate import file_ref, quiet_lmms_eval_logging
     from mmneuron_bench.lmms.model import pick_base
 
     names = task_names(tasks)
@@ -219,7 +219,7 @@ def run(
     }
     if edit is not None:
         model_args["edit"] = os.fspath(edit)
-        settings["edit"] = os.fspath(edit)
+        settings["edit"] = file_ref(edit)
     if grid:
         _run_grid(manager, names, model_args, mask, stats, settings, output, baseline)
         return
@@ -252,20 +252,24 @@ def _run_once(manager, names, model_args, mask, stats, settings, output: Path) -
         click.echo(f"wrote {os.fspath(path)}")
 
 
-def _check_grid_settings(output: Path, settings: dict) -> None:
-    """An earlier grid in ``output`` must have been run with the same settings."""
+def _check_grid_settings(output: Path, settings: dict, stats: Path | None) -> None:
+    """An earlier grid in ``output`` must have been run with the same settings and stats file."""
+    from mmneuron_bench.evaluate import file_ref
+
     path = output / "provenance.json"
     if not (output / "grid.json").exists() or not path.exists():
         return
     try:
-        before = json.loads(path.read_text()).get("settings", {})
-    except (OSError, ValueError, AttributeError) as exc:
+        record = json.loads(path.read_text())
+        before = {**record.get("settings", {}), "stats": record.get("stats")}
+    except (OSError, ValueError, AttributeError, TypeError) as exc:
         raise MMNeuronError(f"{path}: not a readable provenance file ({exc})") from None
-    for key, value in settings.items():
-        if key not in ("device", "batch_size") and before.get(key) != value:
+    now = {**settings, "stats": file_ref(stats)}
+    for key in sorted((set(before) | set(now)) - {"device", "batch_size"}):
+        if before.get(key) != now.get(key):
             raise MMNeuronError(
                 f"{output} holds a grid run with other settings ({key}: {before.get(key)!r}, "
-                f"now {value!r}); give another --output to start anew"
+                f"now {now.get(key)!r}); give another --output to start anew"
             )
 
 
@@ -285,7 +289,7 @@ def _run_grid(manager, names, model_args, mask, stats, settings, output: Path, b
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise MMNeuronError(f"cannot load tasks {', '.join(names)}: {first}") from None
     tasks = grid_tasks({n: task_objects[n] for n in names}, neuron_mask, settings["domain"])
-    _check_grid_settings(output, settings)
+    _check_grid_settings(output, settings, stats)
     lm = MMNeuronLMM(**model_args)
     header = grid_header(lm.identity(), file_ref(mask), baseline, tasks, list(MODULE_SETS))
     done = len(load_cells(output, header))
