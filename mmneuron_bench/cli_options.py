@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import functools
+import math
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import click
 from click.core import ParameterSource
@@ -67,7 +70,13 @@ def model_options(command: Callable) -> Callable:
             "--model", "adapter_name", help="Adapter name (default: chosen from the config)."
         ),
         click.option("--pretrained", required=True, help="Model path or Hugging Face id."),
-        click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ..."),
+        click.option(
+            "--device",
+            default="cpu",
+            show_default=True,
+            callback=_check_device,
+            help="cpu, cuda, cuda:1, ...",
+        ),
         click.option(
             "--dtype",
             type=click.Choice(DTYPE_NAMES),
@@ -79,6 +88,60 @@ def model_options(command: Callable) -> Callable:
     for option in reversed(options):
         with_model = option(with_model)
     return with_model
+
+
+def _check_device(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    """A torch device this machine has (checked before any model is loaded)."""
+    import torch
+
+    try:
+        device = torch.device(value)
+    except RuntimeError:
+        raise click.BadParameter(
+            f"{value!r} is not a torch device (cpu, cuda, cuda:1, ...)"
+        ) from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise click.BadParameter(f"{value!r}: this torch has no CUDA device")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise click.BadParameter(f"{value!r}: only {torch.cuda.device_count()} CUDA devices")
+    return value
+
+
+class FiniteFloatRange(click.FloatRange):
+    """``click.FloatRange`` that also refuses NaN and infinity (which pass its bounds check)."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+
+def check_output_files(*paths: Path | None) -> None:
+    """Fail before any work unless every output file can be written, and no two are the same."""
+    given = [Path(p) for p in paths if p is not None]
+    for i, path in enumerate(given):
+        if path.resolve() in {p.resolve() for p in given[:i]}:
+            raise MMNeuronError(f"{path}: given for two outputs")
+        if path.is_dir():
+            raise MMNeuronError(f"{path}: is a folder, not a file")
+        if not path.parent.is_dir():
+            raise MMNeuronError(f"{path}: cannot write (no folder {path.parent})")
+        if not os.access(path.parent, os.W_OK):
+            raise MMNeuronError(f"{path}: cannot write (folder {path.parent} is not writable)")
+
+
+def check_output_folder(path: Path) -> None:
+    """Fail before any work unless ``path`` is, or can be created as, a writable folder.
+
+    Nothing is created here: a run that fails later leaves no empty folder behind.
+    """
+    if path.exists() and not path.is_dir():
+        raise MMNeuronError(f"{path}: output path is a file, not a folder")
+    existing = next(p for p in (path.absolute(), *path.absolute().parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK):
+        raise MMNeuronError(f"{path}: cannot write ({existing} is not a writable folder)")
 
 
 def task_names(values: Sequence[str]) -> list[str]:

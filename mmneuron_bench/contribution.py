@@ -418,6 +418,9 @@ def single_token(tokenizer: Any, word: str) -> int:
     if len(ids) != 1:
         pieces = tokenizer.convert_ids_to_tokens(ids)
         raise MMNeuronError(f"{word!r} is {len(ids)} tokens {pieces}, not one token")
+    unknown = tokenizer.unk_token_id
+    if ids[0] == unknown and word.strip() != tokenizer.unk_token:
+        raise MMNeuronError(f"{word!r} is not in the vocabulary (it becomes {tokenizer.unk_token})")
     return ids[0]
 
 

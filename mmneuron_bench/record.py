@@ -23,7 +23,7 @@ from mmneuron_bench.domains import Sample, domain_samples, load_tasks, sample_co
 from mmneuron_bench.errors import MMNeuronError
 from mmneuron_bench.loading import model_identity
 from mmneuron_bench.recording import ActivationRecorder
-from mmneuron_bench.stats_file import ActivationStats
+from mmneuron_bench.stats_file import ActivationStats, stats_mismatch
 
 CHECKPOINT_SECONDS = 60.0
 
@@ -66,7 +66,11 @@ def _start(
     if not resume:
         return fresh
     if checkpoint.exists():
-        return ActivationStats.load(checkpoint)
+        saved = ActivationStats.load(checkpoint)
+        problem = stats_mismatch(fresh, saved, "this run", "the checkpoint")
+        if problem:
+            raise MMNeuronError(f"cannot resume from {checkpoint}: {problem}")
+        return saved
     this_run = {checkpoint_path(out, digest, Shard(r, shard.world)) for r in range(shard.world)}
     others = sorted(p for p in out.parent.glob(f"{out.name}.*.partial") if p not in this_run)
     if others:

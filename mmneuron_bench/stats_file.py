@@ -123,17 +123,7 @@ def merge(stats_list: Sequence[ActivationStats]) -> ActivationStats:
         raise ValueError("merge needs at least one stats object")
     first = stats_list[0]
     for i, other in enumerate(stats_list[1:], start=2):
-        for field, a, b in (
-            ("model adapter", first.model.get("adapter"), other.model.get("adapter")),
-            ("model fingerprint", first.model.get("fingerprint"), other.model.get("fingerprint")),
-            ("token_scope", first.token_scope, other.token_scope),
-            ("domains", first.domains, other.domains),
-        ):
-            if a != b:
-                raise MaskMismatchError(
-                    f"cannot merge stats {i} into stats 1: {field} differs ({b!r} vs {a!r})"
-                )
-        problem = component_mismatch(first.components, other.components, "stats 1", f"stats {i}")
+        problem = stats_mismatch(first, other, "stats 1", f"stats {i}")
         if problem:
             raise MaskMismatchError(f"cannot merge stats {i} into stats 1: {problem}")
     return ActivationStats(
@@ -146,6 +136,21 @@ def merge(stats_list: Sequence[ActivationStats]) -> ActivationStats:
         tokens={c: sum(s.tokens[c] for s in stats_list) for c in first.components},
         sum={c: sum(s.sum[c] for s in stats_list) for c in first.components},
     )
+
+
+def stats_mismatch(
+    first: ActivationStats, other: ActivationStats, first_name: str, other_name: str
+) -> str | None:
+    """The first difference of model, token scope, domains or components, or None."""
+    for field, a, b in (
+        ("model adapter", first.model.get("adapter"), other.model.get("adapter")),
+        ("model fingerprint", first.model.get("fingerprint"), other.model.get("fingerprint")),
+        ("token_scope", first.token_scope, other.token_scope),
+        ("domains", first.domains, other.domains),
+    ):
+        if a != b:
+            return f"{field} differs ({b!r} vs {a!r})"
+    return component_mismatch(first.components, other.components, first_name, other_name)
 
 
 def _own(tensor: torch.Tensor) -> torch.Tensor:
@@ -174,6 +179,8 @@ def _validate(stats: ActivationStats, path: Path) -> None:
         )
         if bool((active < 0).any()) or bool((tokens < 0).any()):
             raise format_error(path, f"component {c!r} has negative counts")
+        if not bool(torch.isfinite(stats.sum[c]).all()):
+            raise format_error(path, f"component {c!r} has sums that are NaN or infinite")
         if bool((active > tokens.unsqueeze(-1)).any()):
             raise format_error(
                 path, f"component {c!r} has a neuron active on more tokens than its layer saw"

@@ -263,6 +263,7 @@ def test_deviation_command_writes_json_and_csv(tiny_llava, tasks, mask, tmp_path
         (["--tasks", "plain_set"], "or give --domain plain_set=DOMAIN"),
         (["--tasks", "driving", "--modules", "llm,decoder"], "'decoder' is not a module set"),
         (["--tasks", "driving", "--domain", "driving"], "is not of the form TASK=DOMAIN"),
+        (["--tasks", "driving", "--model", "instructblip"], "'instructblip' does not handle"),
     ],
 )
 def test_bad_input_is_a_one_line_error(tiny_llava, tasks, mask, tmp_path, extra, message):

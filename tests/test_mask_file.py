@@ -12,7 +12,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from mmneuron_bench.components import ComponentInfo
-from mmneuron_bench.errors import FileFormatError, MaskMismatchError
+from mmneuron_bench.errors import FileFormatError, MaskMismatchError, MMNeuronError
 from mmneuron_bench.mask_file import NeuronMask, sha256_file
 from mmneuron_bench.stats_file import ActivationStats
 
@@ -134,7 +134,7 @@ def test_failed_save_leaves_no_file(tmp_path, monkeypatch):
         raise OSError("no space left on device")
 
     monkeypatch.setattr("mmneuron_bench.mask_file.save_file", broken_save)
-    with pytest.raises(OSError):
+    with pytest.raises(MMNeuronError, match=r"cannot write \(no space left on device\)"):
         make_mask().save(tmp_path / "m.mask.safetensors")
     assert list(tmp_path.iterdir()) == []
 

@@ -150,6 +150,7 @@ def test_the_planted_neuron_is_found_ablated_and_edited(
         (["--source", "blue", "--target", "green"], "token 'blue' is not among"),
         (["--source", "red", "--target", "red blue"], "'red blue' is 2 tokens"),
         (["--source", "red", "--target", "red"], "the source and the target are the same"),
+        (["--source", "red", "--target", "zzzqq"], "'zzzqq' is not in the vocabulary"),
     ],
 )
 def test_edit_refuses_bad_tokens(planted, planted_neurons, tmp_path, args, message):
@@ -177,4 +178,7 @@ def test_bad_paths_are_one_line_errors(planted, task_dir, tmp_path):
         "--source", "red", "--target", "blue", "--out", tmp_path / "x.edit.safetensors",
     )  # fmt: skip
     assert_one_line_error(result, "none.safetensors: no such file")
+    same = tmp_path / "x.mask.safetensors"
+    result = find(planted, task_dir, same, "--scores", same)
+    assert_one_line_error(result, "x.mask.safetensors: given for two outputs")
     assert list(tmp_path.iterdir()) == []

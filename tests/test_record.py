@@ -188,6 +188,19 @@ def test_a_shard_without_a_checkpoint_resumes_beside_its_siblings(
         Recording(loaded, plan, first).run(other, resume=True)
 
 
+def test_a_checkpoint_of_another_model_is_refused(tiny_llava_next, tiny_llava, task_dir, tmp_path):
+    loaded = load_model(get_registry(), str(tiny_llava_next))
+    plan = _plan(tiny_llava_next, task_dir)
+    out = tmp_path / "x.stats.safetensors"
+    digest = plan.digest(model_identity(loaded, str(tiny_llava_next)))
+    other = load_model(get_registry(), str(tiny_llava))
+    foreign = Recording(other, _plan(tiny_llava, task_dir)).empty_stats()
+    foreign.save(checkpoint_path(out, digest, Shard()))
+    with pytest.raises(MMNeuronError, match=r"cannot resume from .*: model adapter differs"):
+        Recording(loaded, plan).run(out, resume=True)
+    assert not out.exists()
+
+
 def test_empty_domain_is_refused(tiny_llava, tmp_path):
     from mmneuron_bench.errors import MMNeuronError
 

@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 
 from mmneuron_bench.atomic import atomic_path, atomic_write
 from mmneuron_bench.components import ComponentInfo
-from mmneuron_bench.errors import FileFormatError, MaskMismatchError
+from mmneuron_bench.errors import FileFormatError, MaskMismatchError, MMNeuronError
 from mmneuron_bench.stats_file import ActivationStats, merge
 
 COMPONENTS = {
@@ -123,7 +123,7 @@ def test_failed_save_keeps_previous_file(tmp_path, monkeypatch):
         raise OSError("no space left on device")
 
     monkeypatch.setattr("mmneuron_bench.stats_file.save_file", broken_save)
-    with pytest.raises(OSError):
+    with pytest.raises(MMNeuronError, match=r"cannot write \(no space left on device\)"):
         make_stats(seed=2).save(path)
     assert path.read_bytes() == before and list(tmp_path.iterdir()) == [path]
 
@@ -194,6 +194,9 @@ def corrupt(tensors: dict, meta: dict, case: str) -> None:
     elif case == "negative count":
         tensors["llm.active"] = tensors["llm.active"].clone()
         tensors["llm.active"][0, 0, 0] = -1
+    elif case == "sum not finite":
+        tensors["llm.sum"] = tensors["llm.sum"].clone()
+        tensors["llm.sum"][1, 0, 3] = float("nan")
     elif case == "active exceeds tokens":
         tensors["vision.active"] = tensors["vision.active"].clone()
         tensors["vision.active"][1, 1, 2] = tensors["vision.tokens"][1, 1] + 1
@@ -224,6 +227,7 @@ CASES = {  # corruption -> expected fragment of the message
     "width disagrees with metadata": "'llm.active' has shape",
     "negative count": "'llm' has negative counts",
     "active exceeds tokens": "'vision' has a neuron active on more tokens",
+    "sum not finite": "'llm' has sums that are NaN or infinite",
 }
 
 

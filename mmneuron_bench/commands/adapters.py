@@ -63,6 +63,9 @@ def adapters(pretrained: str | None, adapter_name: str | None, check: bool, as_j
     for problem in registry.problems:
         err.print(f"[yellow]warning:[/] plugin {problem.plugin!r}: {problem.message}", markup=True)
     if pretrained is None:
+        for given, option in ((check, "--check"), (adapter_name, "--model")):
+            if given:
+                raise click.UsageError(f"{option} needs --pretrained (the model to resolve)")
         if as_json:
             click.echo(json.dumps(_adapters_json(registry), indent=2))
         else:

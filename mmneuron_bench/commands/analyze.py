@@ -10,8 +10,10 @@ from pathlib import Path
 import click
 from rich.console import Console
 
+from mmneuron_bench.analysis.files import output_dir
 from mmneuron_bench.cli_options import (
     ModelChoice,
+    check_output_folder,
     given_options,
     model_options,
     progress,
@@ -69,7 +71,6 @@ def analyze() -> None:
 def distribution(mask: Path, output: Path) -> None:
     """Domain-specific neurons of MASK per layer, component and domain (CSV, JSON, PNGs)."""
     from mmneuron_bench.analysis.distribution import write_distribution
-    from mmneuron_bench.analysis.files import output_dir
     from mmneuron_bench.mask_file import NeuronMask
 
     paths = write_distribution(NeuronMask.load(mask), mask, output_dir(output))
@@ -115,7 +116,7 @@ def deviation(
     from mmneuron_bench.loading import model_identity
 
     module_sets = _module_sets(modules)
-    loaded, mask, tasks, domains, out = _prepare(
+    loaded, mask, tasks, domains = _prepare(
         model, task_specs, include_paths, domain_specs, mask_path, output
     )
     with _progress(tasks, domains, limit) as advance:
@@ -129,7 +130,7 @@ def deviation(
         "seeds": seeds,
         "limit": limit,
     }
-    paths = write_deviation(rows, header, out)
+    paths = write_deviation(rows, header, output_dir(output))
     _print_tables(paths[0])
     click.echo(DEFINITION)
     _wrote(paths)
@@ -185,7 +186,7 @@ def logit_lens(
         for option, name in (("--domain", "domain_specs"), ("--modules", "modules")):
             if name in given:
                 raise click.UsageError(f"{option} needs --mask")
-    loaded, mask, tasks, domains, out = _prepare(
+    loaded, mask, tasks, domains = _prepare(
         model, task_specs, include_paths, domain_specs, mask_path, output
     )
     with _progress(tasks, domains, limit) as advance:
@@ -199,7 +200,7 @@ def logit_lens(
         "chunk_size": chunk_size,
         "limit": limit,
     }
-    paths = write_logit_lens(results, header, out)
+    paths = write_logit_lens(results, header, output_dir(output))
     _print_tables(paths[0])
     click.echo(DEFINITION)
     _wrote(paths)
@@ -207,7 +208,6 @@ def logit_lens(
 
 def _prepare(model: ModelChoice, task_specs, include_paths, domain_specs, mask_path, output):
     """Check the mask, the tasks' domains and the output folder (cheap), then load the model."""
-    from mmneuron_bench.analysis.files import output_dir
     from mmneuron_bench.analysis.tasks import parse_task_domains, resolve_task_domains
     from mmneuron_bench.domains import load_tasks
     from mmneuron_bench.mask_file import NeuronMask
@@ -220,8 +220,8 @@ def _prepare(model: ModelChoice, task_specs, include_paths, domain_specs, mask_p
         domains = dict.fromkeys(names)
     else:
         domains = resolve_task_domains(tasks, mask.domains, explicit)
-    out = output_dir(output)
-    return model.load(), mask, tasks, domains, out
+    check_output_folder(output)
+    return model.load(), mask, tasks, domains
 
 
 @contextmanager

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from mmneuron_bench import stats_file
-from mmneuron_bench.commands.select import check_out_dir, write_atomically
+from mmneuron_bench.cli_options import check_output_files
 from mmneuron_bench.errors import MaskMismatchError, MMNeuronError
 from mmneuron_bench.mask_file import sha256_file
 from mmneuron_bench.stats_file import ActivationStats
@@ -65,8 +65,8 @@ def merge(inputs: tuple[Path, ...], out: Path) -> None:
     domains (in the same order) and token scope. A file given twice, or two files with identical
     contents, is refused: its samples would be counted twice.
     """
-    check_out_dir(out)
+    check_output_files(out)
     merged = merge_files(list(inputs))
-    write_atomically(merged.save, out)
+    merged.save(out)
     Console().print(merged_table(merged, len(inputs)))
     click.echo(f"wrote {os.fspath(out)}")

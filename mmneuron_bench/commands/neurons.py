@@ -14,7 +14,14 @@ from rich.console import Console
 from rich.table import Table
 
 from mmneuron_bench.atomic import atomic_write
-from mmneuron_bench.cli_options import ModelChoice, model_options, progress, task_names
+from mmneuron_bench.cli_options import (
+    FiniteFloatRange,
+    ModelChoice,
+    check_output_files,
+    model_options,
+    progress,
+    task_names,
+)
 from mmneuron_bench.errors import MMNeuronError
 
 SHOW_TOKENS = 20  # tokens in the printed table of `find` (the JSON has all)
@@ -118,12 +125,6 @@ class DataOptions:
         )
 
 
-def _check_out(*paths: Path | None) -> None:
-    for path in paths:
-        if path is not None and not path.parent.is_dir():
-            raise MMNeuronError(f"{path}: cannot write (no folder {path.parent})")
-
-
 def _load(model: ModelChoice):
     from mmneuron_bench.loading import model_identity
 
@@ -210,7 +211,7 @@ def find(
     )
 
     scores = scores or _default_scores(out)
-    _check_out(out, scores)
+    check_output_files(out, scores)
     data = data_options.over({})
     loaded, components, model_meta = _load(model)
     tokenizer = loaded.processor.tokenizer
@@ -363,7 +364,7 @@ def ablate(
     from mmneuron_bench.contribution import ablate as run_ablation
     from mmneuron_bench.contribution import check_contribution_mask, resolve_token
 
-    _check_out(out)
+    check_output_files(out)
     mask = _load_neurons(neurons_path)
     loaded, components, model_meta = _load(model)
     check_contribution_mask(mask, model_meta, str(neurons_path))
@@ -441,7 +442,7 @@ def _ablation_table(mask, results, draws: int, seed: int) -> Table:
 @click.option("--target", required=True, help="Token (word, exactly one token) to move them to.")
 @click.option(
     "--strength",
-    type=float,
+    type=FiniteFloatRange(),
     default=1.0,
     show_default=True,
     help="Share of each neuron's source-direction output moved to the target (see docs).",
@@ -478,7 +479,7 @@ def edit(
     from mmneuron_bench.editing import compute_edit, edit_effects
     from mmneuron_bench.mask_file import sha256_file
 
-    _check_out(out, report)
+    check_output_files(out, report)
     mask = _load_neurons(neurons_path)
     loaded, components, model_meta = _load(model)
     check_contribution_mask(mask, model_meta, str(neurons_path))

@@ -9,8 +9,7 @@ from rich.console import Console
 from rich.progress import TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from mmneuron_bench.cli_options import ModelChoice, model_options, progress
-from mmneuron_bench.commands.select import check_out_dir
+from mmneuron_bench.cli_options import ModelChoice, check_output_files, model_options, progress
 from mmneuron_bench.stats_file import ActivationStats, merge
 
 
@@ -83,7 +82,7 @@ def record(
     plan = RecordPlan(
         model.pretrained, parse_domains(domain_specs), list(include_paths), limit, token_scope
     )
-    check_out_dir(out)
+    check_output_files(out)
     state, shard = _distributed_shard()
     on_cuda = shard.world > 1 and model.device.startswith("cuda")
     loaded = model.load(device=str(state.device) if on_cuda else None)

@@ -17,6 +17,7 @@ from rich.table import Table
 
 from mmneuron_bench.cli_options import (
     ModelChoice,
+    check_output_folder,
     given_options,
     model_options,
     progress,
@@ -190,6 +191,7 @@ def run(
     numbers each time. Writes lmms-eval's results JSON, per-sample logs and provenance.
     """
     _check_options(ctx, mask, stats, mode, grid, baseline)
+    check_output_folder(output)
     from mmneuron_bench.domains import task_manager
     from mmneuron_bench.evaluate import file_ref, quiet_lmms_eval_logging
     from mmneuron_bench.lmms.model import pick_base

@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from pathlib import Path
 
 import click
 import torch
 from rich.console import Console
 from rich.table import Table
-from safetensors import SafetensorError
 
-from mmneuron_bench.cli_options import given_options
+from mmneuron_bench.cli_options import FiniteFloatRange, check_output_files, given_options
 from mmneuron_bench.dape import dape_mask, select_random_like
-from mmneuron_bench.errors import MMNeuronError
 from mmneuron_bench.mask_file import NeuronMask, sha256_file
 from mmneuron_bench.stats_file import ActivationStats
 
@@ -25,20 +22,6 @@ class OptionConflict(click.ClickException):
     """Options that make no sense together: one line `Error: ...`, exit code 2 (usage)."""
 
     exit_code = 2
-
-
-def check_out_dir(out: Path) -> None:
-    """Fail before any work when the output's folder does not exist."""
-    if not out.parent.is_dir():
-        raise MMNeuronError(f"{out}: cannot write (no folder {out.parent})")
-
-
-def write_atomically(save: Callable[[Path], None], out: Path) -> None:
-    """Call `save(out)` (an atomic writer), reporting an unwritable target as one line."""
-    try:
-        save(out)
-    except (OSError, SafetensorError) as e:
-        raise MMNeuronError(f"{out}: cannot write ({' '.join(str(e).split())})") from e
 
 
 def mask_table(mask: NeuronMask, title: str) -> Table:
@@ -74,21 +57,21 @@ def mask_table(mask: NeuronMask, title: str) -> Table:
 )
 @click.option(
     "--top-rate",
-    type=click.FloatRange(0, 1),
+    type=FiniteFloatRange(0, 1),
     default=0.01,
     show_default=True,
     help="DAPE: fraction of each component's neurons to select.",
 )
 @click.option(
     "--filter-rate",
-    type=click.FloatRange(0, 1),
+    type=FiniteFloatRange(0, 1),
     default=0.95,
     show_default=True,
     help="DAPE: quantile of p a neuron must exceed in some domain to be eligible.",
 )
 @click.option(
     "--bar-ratio",
-    type=click.FloatRange(0, 1),
+    type=FiniteFloatRange(0, 1),
     default=0.95,
     show_default=True,
     help="DAPE: quantile of p above which a selected neuron belongs to a domain.",
@@ -126,7 +109,7 @@ def select(
     """
     given = given_options(ctx, (*DAPE_OPTIONS, "seed"))
     _check_options(method, stats, like, given)
-    check_out_dir(out)
+    check_output_files(out)
     if method == "dape":
         loaded = ActivationStats.load(stats)
         mask = dape_mask(loaded, top_rate, filter_rate, bar_ratio, source=sha256_file(stats))
@@ -134,7 +117,7 @@ def select(
     else:
         mask = select_random_like(NeuronMask.load(like), seed)
         title = f"random like {like}, seed {seed}"
-    write_atomically(mask.save, out)
+    mask.save(out)
     Console().print(mask_table(mask, title))
     click.echo(f"wrote {os.fspath(out)}")
 
