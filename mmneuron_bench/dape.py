@@ -72,9 +72,12 @@ def select_dape(
         else _kth_smallest(flat_p, bar_ratio)
     )
 
-    h = entropy_over_domains(p)
-    h.masked_fill_(~(p > tau).any(0), float("inf"))
-    chosen = _smallest(h.reshape(-1), round(top_rate * (layers * width)))
+    # Entropy of the eligible neurons only (some p > tau); the others get +inf.
+    by_neuron = p.reshape(p.shape[0], -1)
+    eligible = (by_neuron > tau).any(0).nonzero().flatten()
+    h = torch.full((layers * width,), float("inf"), dtype=torch.float64)
+    h[eligible] = entropy_over_domains(by_neuron[:, eligible])
+    chosen = _smallest(h, round(top_rate * (layers * width)))
     chosen = chosen.reshape(layers, width)
     return chosen & (p > bar)
 
