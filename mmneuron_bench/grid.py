@@ -157,9 +157,8 @@ def run_grid(
     done = {Cell(c["module_set"], c["mask"], c["task"]) for c in cells}
     random_masks = {}
     if header["baseline"] == "random":
-        for task in header["tasks"].values():
-            domains = task["domain"].split("+")
-            random_masks[task["domain"]] = select_random_like(mask, seed, together=domains)
+        for domain in dict.fromkeys(task["domain"] for task in header["tasks"].values()):
+            random_masks[domain] = select_random_like(mask, seed, together=domain.split("+"))
     plan = plan_cells(header["module_sets"], list(header["tasks"]), header["baseline"])
     for cell in plan:
         if cell in done:

@@ -36,6 +36,13 @@ def neurons() -> None:
 _batch_size_option = click.option(
     "--batch-size", type=click.IntRange(min=1), default=1, show_default=True
 )
+_neurons_file_option = click.option(
+    "--neurons",
+    "neurons_path",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Neurons file written by `neurons find`.",
+)
 
 
 def _data_options(required: bool):
@@ -329,13 +336,7 @@ def _find_table(mask, found, promoted, tokenizer, scores: Path) -> Table:
 @model_options
 @_batch_size_option
 @_data_options(required=False)
-@click.option(
-    "--neurons",
-    "neurons_path",
-    required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Neurons file written by `neurons find`.",
-)
+@_neurons_file_option
 @click.option(
     "--token", "words", multiple=True, help="Token (word) to test; repeat (default: every one)."
 )
@@ -431,13 +432,7 @@ def _ablation_table(mask, results, draws: int, seed: int) -> Table:
 @model_options
 @_batch_size_option
 @_data_options(required=False)
-@click.option(
-    "--neurons",
-    "neurons_path",
-    required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Neurons file written by `neurons find`.",
-)
+@_neurons_file_option
 @click.option("--source", required=True, help="Token (word) whose top neurons are edited.")
 @click.option("--target", required=True, help="Token (word, exactly one token) to move them to.")
 @click.option(
