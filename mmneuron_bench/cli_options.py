@@ -11,15 +11,6 @@ from pathlib import Path
 
 import click
 from click.core import ParameterSource
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    ProgressColumn,
-    TextColumn,
-    TimeRemainingColumn,
-)
 
 from mmneuron_bench.errors import MMNeuronError
 
@@ -158,15 +149,3 @@ def given_options(ctx: click.Context, names: Sequence[str]) -> set[str]:
     """Which of the parameters ``names`` were set on the command line or the environment."""
     sources = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
     return {name for name in names if ctx.get_parameter_source(name) in sources}
-
-
-def progress(*columns: ProgressColumn, disable: bool = False) -> Progress:
-    """A progress bar on stderr: description, bar, done/total, then ``columns`` (or ETA)."""
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        *(columns or (TimeRemainingColumn(),)),
-        console=Console(stderr=True),
-        disable=disable,
-    )

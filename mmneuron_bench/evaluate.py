@@ -10,32 +10,32 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from mmneuron_bench import __version__
 from mmneuron_bench.atomic import atomic_write
 from mmneuron_bench.errors import MMNeuronError
+from mmneuron_bench.versions import versions
 
 RUN_FORMAT = "mmneuron-run/1"
 
 
-def quiet_lmms_eval_logging() -> None:
-    """Send lmms-eval's log (warnings and worse) to stderr: stdout is for our results.
+def lmms_eval_logs_to_stderr() -> None:
+    """Send lmms-eval's log to stderr: stdout is for our results.
 
-    Importing ``lmms_eval.models`` and the evaluator's judge launcher adds a stdout sink.
+    Importing ``lmms_eval.models`` and the evaluator's judge launcher adds a stdout sink. The
+    level is INFO, as lmms-eval's own CLI logs; by default the messages are dropped anyway
+    (:func:`mmneuron_bench.console.quiet_libraries`) and ``--verbose`` shows them.
     """
     import lmms_eval.evaluator  # noqa: F401 - adds its sinks, which are replaced below
     import lmms_eval.models  # noqa: F401
     from loguru import logger
 
     logger.remove()
-    logger.add(sys.stderr, level="WARNING")
+    logger.add(sys.stderr, level="INFO")
 
 
 def evaluate(
@@ -52,7 +52,7 @@ def evaluate(
     ``bootstrap_iters=0``: lmms-eval still reports the central-limit standard error
     (``*_stderr_clt``); the bootstrap would only add minutes on large tasks.
     """
-    quiet_lmms_eval_logging()
+    lmms_eval_logs_to_stderr()
     from lmms_eval.evaluator import simple_evaluate
 
     return simple_evaluate(
@@ -104,17 +104,6 @@ def metric_value(results: dict, task: str, metric: str) -> float:
                 raise MMNeuronError(f"task {task!r}: metric {metric!r} is not a number")
             return float(row.value)
     raise MMNeuronError(f"task {task!r} reported no metric {metric!r}")
-
-
-def versions() -> dict[str, str]:
-    """Versions of Python and of the packages that decide the numbers."""
-    found = {"python": platform.python_version(), "mmneuron_bench": __version__}
-    for dist in ("lmms_eval", "torch", "transformers", "accelerate", "datasets"):
-        try:
-            found[dist] = version(dist)
-        except PackageNotFoundError:
-            found[dist] = "not installed"
-    return found
 
 
 def generation_settings(task_configs: dict[str, dict]) -> dict[str, Any]:

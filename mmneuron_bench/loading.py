@@ -7,10 +7,12 @@ from typing import Any
 from mmneuron_bench.adapter import Component, LoadedModel, ModelAdapter
 from mmneuron_bench.errors import AdapterError, MMNeuronError
 from mmneuron_bench.plugins import PluginRegistry
+from mmneuron_bench.versions import check_requirements
 
 
 def load_config(pretrained: str) -> Any:
     """The transformers config at ``pretrained``; a missing model is a one-line error."""
+    check_requirements()
     from transformers import AutoConfig
 
     try:

@@ -17,35 +17,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rich.table import Table as RichTable
-
+from mmneuron_bench.analysis.distribution import selection_table
 from mmneuron_bench.atomic import atomic_write
 from mmneuron_bench.errors import MMNeuronError
+from mmneuron_bench.tables import Table
 
 GRID_FORMAT = "mmneuron-grid/1"
 DISTRIBUTION_FORMAT = "mmneuron-distribution/1"
 DEVIATION_FORMAT = "mmneuron-deviation/1"
 LENS_FORMAT = "mmneuron-logit-lens/1"
 GRID_COLUMNS = ("module_set", "mask", "task", "domain", "metric", "value")
-
-
-@dataclass
-class Table:
-    caption: str
-    header: list[str]
-    rows: list[list[str]]
-
-    def numeric(self, column: int) -> bool:
-        """Whether every cell of a column is a number (``-``, ``a ± b`` count): right-aligned."""
-        return bool(self.rows) and all(_is_number(row[column]) for row in self.rows)
-
-
-def _is_number(cell: str) -> bool:
-    try:
-        float(cell.split(" ± ")[0])
-    except ValueError:
-        return cell == "-"
-    return True
 
 
 @dataclass
@@ -182,15 +163,11 @@ def _grid_section(cells: list[dict], meta: dict, source: Path) -> Section:
 def _distribution_section(path: Path, data: dict, source: Path) -> Section:
     section = Section("Domain-specific neurons per layer", source)
     section.notes.append(f"mask {data['mask']['path']} (method {data['method']})")
-    domains = data["domains"]
-    header = ["component", "role", *domains, "any domain", "neurons"]
-    rows = []
-    for name, c in data["components"].items():
-        counts = [str(c["total"][d]) for d in domains]
-        rows.append(
-            [name, c["role"], *counts, str(c["any_domain_total"]), str(c["layers"] * c["width"])]
+    section.blocks.append(
+        selection_table(
+            "selected neurons per component and domain", data["domains"], data["components"]
         )
-    section.blocks.append(Table("selected neurons per component and domain", header, rows))
+    )
     for name in data["components"]:
         _add_figure(section, path.parent / f"distribution_{name}.png", name)
     return section
@@ -205,24 +182,20 @@ def _deviation_section(path: Path, data: dict, source: Path) -> Section:
         data["definition"],
     ]
     rows = data["rows"]
-    tasks = list(dict.fromkeys((r["task"], r["domain"]) for r in rows))
-    sets = list(dict.fromkeys(r["module_set"] for r in rows))
-    cells = {(r["task"], r["module_set"]): r for r in rows}
-    header = ["module set"]
-    for t, d in tasks:
-        header += [f"{t} ({d}): mask", f"{t} ({d}): random mean ± std", f"{t}: neurons"]
-    table_rows = []
-    for s in sets:
-        row = [s]
-        for t, _ in tasks:
-            r = cells[(t, s)]
-            row += [
+    header = ["module set", "neurons", "mask", "random mean ± std"]
+    for task, domain in dict.fromkeys((r["task"], r["domain"]) for r in rows):
+        table_rows = [
+            [
+                r["module_set"],
+                str(r["neurons"]),
                 f"{r['dape']:.3f}",
                 f"{r['random_mean']:.3f} ± {r['random_std']:.3f}",
-                str(r["neurons"]),
             ]
-        table_rows.append(row)
-    section.blocks.append(Table("deviation of the last hidden states (%)", header, table_rows))
+            for r in rows
+            if r["task"] == task
+        ]
+        caption = f"{task} (domain {domain}): deviation of the last hidden states (%)"
+        section.blocks.append(Table(caption, header, table_rows))
     return section
 
 
@@ -360,13 +333,3 @@ def _md(text: str) -> str:
     for char in "\\*_[]|`":
         text = text.replace(char, "\\" + char)
     return text
-
-
-def rich_table(table: Table) -> RichTable:
-    """A table of a section for the terminal."""
-    out = RichTable(title=table.caption)
-    for i, name in enumerate(table.header):
-        out.add_column(name, justify="right" if table.numeric(i) else "left")
-    for row in table.rows:
-        out.add_row(*row)
-    return out

@@ -19,6 +19,7 @@ from safetensors.torch import save_file
 from mmneuron_bench.atomic import atomic_write
 from mmneuron_bench.components import ComponentInfo, components_from_json, components_to_json
 from mmneuron_bench.errors import FileFormatError, MaskMismatchError
+from mmneuron_bench.tables import Table
 
 FORMAT = "mmneuron-stats/1"
 TOKEN_SCOPES = ("all", "image", "text")
@@ -136,6 +137,16 @@ def merge(stats_list: Sequence[ActivationStats]) -> ActivationStats:
         tokens={c: sum(s.tokens[c] for s in stats_list) for c in first.components},
         sum={c: sum(s.sum[c] for s in stats_list) for c in first.components},
     )
+
+
+def summary_table(stats: ActivationStats, title: str) -> Table:
+    """Samples per domain and the tokens each component's first layer saw."""
+    rows = [
+        [d, str(stats.samples[d]), *(str(int(stats.tokens[c][i, 0])) for c in stats.components)]
+        for i, d in enumerate(stats.domains)
+    ]
+    header = ["domain", "samples", *(f"{c} tokens" for c in stats.components)]
+    return Table(f"{title} ({stats.token_scope} tokens)", header, rows)
 
 
 def stats_mismatch(

@@ -20,7 +20,9 @@ def test_quick_demo_writes_every_output_and_the_report(tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert f"report: {(out / 'report.html').resolve()}" in result.stdout
-    assert "its change with the domain's neurons off: DAPE / random" in result.stdout
+    assert "Accuracy with nothing off, and its change with the domain's neurons off" in (
+        result.stdout
+    )
 
     stats = ActivationStats.load(out / "mini.stats.safetensors")
     assert stats.domains == list(DOMAINS)

@@ -238,7 +238,9 @@ def test_deviation_command_writes_json_and_csv(tiny_llava, tasks, mask, tmp_path
         "--seeds", "2", "--limit", "1", "--output", str(out),
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert "deviation of the last hidden states (%)" in result.stdout
+    assert "vqa_medical (domain medical): deviation of the last hidden states (%)" in (
+        " ".join(result.stdout.split())
+    )
     assert DEFINITION in result.stdout
     data = json.loads((out / "deviation.json").read_text())
     assert data["format"] == "mmneuron-deviation/1" and data["definition"] == DEFINITION

@@ -68,8 +68,11 @@ def test_distribution_command_writes_csv_json_and_pngs(tmp_path):
     out = tmp_path / "analysis"
     result = run_cli("analyze", "distribution", str(mask_path), "--output", str(out))
     assert result.exit_code == 0, result.output
-    # The totals table: per domain, neurons specific to any domain, all neurons.
-    assert re.search(r"│ llm +│ llm +│ +2 │ +5 │ +6 │ +160 │", result.stdout)
+    # The totals table: per domain (rows), component (columns: vision, projector, llm).
+    assert re.search(r"│ medical +│ +4 │ +1 │ +2 │", result.stdout)
+    assert re.search(r"│ driving +│ +1 │ +0 │ +5 │", result.stdout)
+    assert re.search(r"│ any domain +│ +5 │ +1 │ +6 │", result.stdout)
+    assert re.search(r"│ neurons +│ +144 │ +40 │ +160 │", result.stdout)
 
     with open(out / "distribution.csv", newline="") as f:
         rows = list(csv.DictReader(f))

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 import venv
 import zipfile
 from pathlib import Path
@@ -60,9 +61,16 @@ def test_wheel_holds_namespaced_packages_and_entry_points(wheel):
 
 def test_wheel_works_in_a_fresh_venv(wheel, tmp_path):
     env_dir = tmp_path / "venv"
-    # System site-packages supply torch and transformers without a multi-GB reinstall.
-    venv.create(env_dir, system_site_packages=True, with_pip=True)
+    venv.create(env_dir, with_pip=True)
     python = env_dir / "bin" / "python"
+    # This environment's site-packages, after the venv's own, supply torch and transformers
+    # without a multi-GB reinstall (its .pth files, the editable install's among them, are not
+    # read: the wheel installed below is what gets imported).
+    site = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True, capture_output=True, text=True,
+    ).stdout.strip()  # fmt: skip
+    Path(site, "_outer_environment.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     subprocess.run(
         [python, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index", str(wheel)],
         check=True,

@@ -172,14 +172,17 @@ def test_report_embeds_every_table_and_figure(tmp_path):
     assert len(grid["rows"]) == 6
 
     dist = table_with(page, "selected neurons")
-    assert dist["header"] == ["component", "role", "medical", "driving", "any domain", "neurons"]
+    assert dist["header"] == ["domain", "llm (llm)", "proj (connector)"]
     assert dist["rows"] == [
-        ["llm", "llm", "3", "0", "3", "16"],
-        ["proj", "connector", "0", "1", "1", "4"],
+        ["medical", "3", "0"],
+        ["driving", "0", "1"],
+        ["any domain", "3", "1"],
+        ["neurons", "16", "4"],
     ]
 
     deviation = table_with(page, "deviation of the last hidden states")
-    assert deviation["rows"][1] == ["llm", "12.500", "3.000 ± 1.000", "3"]
+    assert deviation["header"] == ["module set", "neurons", "mask", "random mean ± std"]
+    assert deviation["rows"][1] == ["llm", "3", "12.500", "3.000 ± 1.000"]
     assert any("||H'_s - H_s||_2" in text for text in page.text)
 
     lens = table_with(page, "vqa_medical, domain medical")
@@ -211,7 +214,8 @@ def test_markdown_summary_links_figures_that_exist(tmp_path):
     result = run_cli("report", str(root), "--output", str(out))
     assert result.exit_code == 0, result.output
     text = (out / "report.md").read_text()
-    assert "| module set | vqa\\_medical (medical): mask |" in text
+    assert "**vqa\\_medical (domain medical): deviation" in text
+    assert "| module set | neurons | mask | random mean ± std |" in text
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
     assert sorted(Path(link).name for link in links) == [
         "distribution_llm.png",

@@ -8,9 +8,9 @@ from pathlib import Path
 import torch
 
 from mmneuron_bench.analysis.files import file_reference, write_csv, write_json
-from mmneuron_bench.analysis.plots import plot_distribution
 from mmneuron_bench.components import ComponentInfo
 from mmneuron_bench.mask_file import NeuronMask
+from mmneuron_bench.tables import Table
 
 FORMAT = "mmneuron-distribution/1"
 CSV_HEADER = ("component", "role", "layer", "domain", "count")
@@ -48,8 +48,8 @@ def distribution_rows(dist: Distribution) -> list[tuple[str, str, int, str, int]
     ]
 
 
-def distribution_json(dist: Distribution, mask: NeuronMask, mask_ref: dict) -> dict:
-    """The content of ``distribution.json``."""
+def component_summary(dist: Distribution) -> dict:
+    """Per component: role, layers, width, and the counts per layer and in total."""
     components = {}
     for c, info in dist.components.items():
         counts = dist.counts[c]
@@ -60,18 +60,36 @@ def distribution_json(dist: Distribution, mask: NeuronMask, mask_ref: dict) -> d
             "any_domain_per_layer": dist.any_domain[c].tolist(),
             "any_domain_total": int(dist.any_domain[c].sum()),
         }
+    return components
+
+
+def distribution_json(dist: Distribution, mask: NeuronMask, mask_ref: dict) -> dict:
+    """The content of ``distribution.json``."""
     return {
         "format": FORMAT,
         "mask": mask_ref,
         "model": mask.model,
         "method": mask.method,
         "domains": dist.domains,
-        "components": components,
+        "components": component_summary(dist),
     }
+
+
+def selection_table(caption: str, domains: list[str], components: dict) -> Table:
+    """Selected neurons per domain (rows) and component (columns), then the neurons selected
+    for any domain (a neuron may belong to several) and all neurons of the component.
+    ``components`` as in :func:`component_summary`."""
+    rows = [[d, *(str(c["total"][d]) for c in components.values())] for d in domains]
+    rows.append(["any domain", *(str(c["any_domain_total"]) for c in components.values())])
+    rows.append(["neurons", *(str(c["layers"] * c["width"]) for c in components.values())])
+    header = ["domain", *(f"{name} ({c['role']})" for name, c in components.items())]
+    return Table(caption, header, rows)
 
 
 def write_distribution(mask: NeuronMask, mask_path: Path, out_dir: Path) -> list[Path]:
     """Write ``distribution.csv``, ``distribution.json`` and one PNG per component."""
+    from mmneuron_bench.analysis.plots import plot_distribution
+
     dist = neuron_distribution(mask)
     written = [out_dir / "distribution.csv", out_dir / "distribution.json"]
     write_csv(written[0], CSV_HEADER, distribution_rows(dist))

@@ -6,36 +6,42 @@ import json
 
 import click
 from rich.console import Console
-from rich.table import Table
 
 from mmneuron_bench.adapter import Component
+from mmneuron_bench.console import print_table
 from mmneuron_bench.plugins import PluginRegistry, get_registry
+from mmneuron_bench.tables import Table
 
 
 def _adapters_table(registry: PluginRegistry) -> Table:
-    table = Table(title="Installed adapters")
-    for column in ("adapter", "plugin", "source", "model types", "lmms-eval model"):
-        table.add_column(column)
-    for name, entry in registry.adapters.items():
-        adapter = entry.adapter
-        kinds = ", ".join(adapter.model_types or adapter.architectures)
-        source = "built-in" if entry.builtin else "third-party"
-        table.add_row(name, entry.plugin, source, kinds, adapter.lmms_eval_model or "-")
-    return table
+    rows = [
+        [
+            name,
+            entry.plugin,
+            "built-in" if entry.builtin else "third-party",
+            ", ".join(entry.adapter.model_types or entry.adapter.architectures),
+            entry.adapter.lmms_eval_model or "-",
+        ]
+        for name, entry in registry.adapters.items()
+    ]
+    header = ["adapter", "plugin", "source", "model types", "lmms-eval model"]
+    return Table("Installed adapters", header, rows)
 
 
 def _components_table(title: str, components: list[Component]) -> Table:
-    table = Table(title=title)
-    for column in ("component", "role", "layers", "width"):
-        table.add_column(column)
-    table.add_column("module", overflow="fold")
-    table.add_column("unused layers")
-    for c in components:
-        unused = ", ".join(map(str, c.unused_layers)) or "-"
-        table.add_row(
-            c.name, c.role, str(c.info.layers), str(c.info.width), c.spec.activation, unused
-        )
-    return table
+    rows = [
+        [
+            c.name,
+            c.role,
+            str(c.info.layers),
+            str(c.info.width),
+            c.spec.activation,
+            ", ".join(map(str, c.unused_layers)) or "-",
+        ]
+        for c in components
+    ]
+    header = ["component", "role", "layers", "width", "module", "unused layers"]
+    return Table(title, header, rows)
 
 
 def components_json(components: list[Component]) -> dict:
@@ -69,7 +75,7 @@ def adapters(pretrained: str | None, adapter_name: str | None, check: bool, as_j
         if as_json:
             click.echo(json.dumps(_adapters_json(registry), indent=2))
         else:
-            console.print(_adapters_table(registry))
+            print_table(_adapters_table(registry), console)
         return
     from mmneuron_bench.loading import resolve_components
 
@@ -77,7 +83,7 @@ def adapters(pretrained: str | None, adapter_name: str | None, check: bool, as_j
     if as_json:
         click.echo(json.dumps(components_json(components), indent=2))
     else:
-        console.print(_components_table(f"{adapter.name}: {pretrained}", components))
+        print_table(_components_table(f"{adapter.name}: {pretrained}", components), console)
 
 
 def _adapters_json(registry: PluginRegistry) -> list[dict]:

@@ -8,7 +8,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import click
-from rich.console import Console
 
 from mmneuron_bench.analysis.files import output_dir
 from mmneuron_bench.cli_options import (
@@ -16,9 +15,9 @@ from mmneuron_bench.cli_options import (
     check_output_folder,
     given_options,
     model_options,
-    progress,
     task_names,
 )
+from mmneuron_bench.console import progress
 from mmneuron_bench.lmms.interventions import MODULE_SETS
 
 DEFAULT_OUTPUT = Path("mmneuron-results") / "analysis"
@@ -252,13 +251,13 @@ def _module_sets(value: str) -> list[str]:
 
 def _print_tables(path: Path) -> None:
     """The tables of a written output, as the report shows them."""
-    from mmneuron_bench.report import Table, file_section, rich_table
+    from mmneuron_bench.console import print_table
+    from mmneuron_bench.report import file_section
+    from mmneuron_bench.tables import Table
 
-    section = file_section(path)
-    console = Console()
-    for block in section.blocks:
+    for block in file_section(path).blocks:
         if isinstance(block, Table):
-            console.print(rich_table(block))
+            print_table(block)
 
 
 def _wrote(paths: list[Path]) -> None:

@@ -6,9 +6,10 @@ import json
 
 import click
 from rich.console import Console
-from rich.table import Table
 
 from mmneuron_bench.cli_options import ModelChoice, model_options
+from mmneuron_bench.console import print_table
+from mmneuron_bench.tables import Table
 
 
 def _mb(value: int | None) -> str:
@@ -38,19 +39,20 @@ def bench(model: ModelChoice, batch_size, repeats, as_json) -> None:
         }
         click.echo(json.dumps(figures, indent=2))
         return
-    table = Table(title=f"prefill, batch {batch_size}, {result.tokens} tokens, median of {repeats}")
-    for column in ("phase", "ms", "fastest-slowest ms", "ratio to plain", "peak CUDA MB"):
-        table.add_column(column, justify="right" if column != "phase" else "left")
-    for phase in PHASES:
-        table.add_row(
+    rows = [
+        [
             phase,
             f"{result.seconds[phase] * 1000:.1f}",
             f"{min(result.times[phase]) * 1000:.0f}-{max(result.times[phase]) * 1000:.0f}",
             f"{result.ratio(phase):.3f}",
             _mb(result.peak_bytes[phase]),
-        )
+        ]
+        for phase in PHASES
+    ]
+    header = ["phase", "ms", "fastest-slowest ms", "ratio to plain", "peak CUDA MB"]
+    title = f"prefill, batch {batch_size}, {result.tokens} tokens, median of {repeats}"
     console = Console()
-    console.print(table)
+    print_table(Table(title, header, rows), console)
     console.print(
         f"recorder counters: {_mb(result.recorder_bytes)} MB (fixed size: samples do not add to "
         f"it); process peak RSS {_mb(result.max_rss_bytes)} MB; "

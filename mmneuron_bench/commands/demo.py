@@ -13,7 +13,10 @@ from pathlib import Path
 
 import click
 from rich.console import Console
-from rich.table import Table
+
+from mmneuron_bench.cli import VERBOSE
+from mmneuron_bench.console import print_table
+from mmneuron_bench.tables import Table
 
 DOMAINS = ("common", "medical", "driving", "remote", "documents")
 # The paper's 1 % of a 7 B model is thousands of neurons; of this model's 2432 it is 24, too
@@ -49,24 +52,25 @@ def demo_steps(out: Path, model_dir: str, quick: bool) -> list[tuple[str, list[s
 
 
 def findings_table(grid_json: Path) -> Table:
-    """Per eval task: accuracy with nothing off, then the change with the task's own domain
-    neurons off (DAPE) and with a random mask of the same size, per module set."""
+    """Per eval task: accuracy with nothing off, then its change with the task's own domain
+    neurons off (DAPE) and with a random mask of the same size (random), per module set."""
     grid = json.loads(grid_json.read_text())
     value = {(c["module_set"], c["mask"], c["task"]): c["value"] for c in grid["cells"]}
     module_sets = [s for s in grid["module_sets"] if s != "none"]
-    table = Table(title="Accuracy, and its change with the domain's neurons off: DAPE / random")
-    table.add_column("domain (eval task)")
-    table.add_column("none", justify="right")
-    for module_set in module_sets:
-        table.add_column(module_set, justify="right")
-    for task in grid["tasks"]:
+    rows = []
+    for task, info in grid["tasks"].items():
         base = value[("none", "dape", task)]
-        changes = [
-            f"{value[(s, 'dape', task)] - base:+.3f} / {value[(s, 'random', task)] - base:+.3f}"
-            for s in module_sets
-        ]
-        table.add_row(grid["tasks"][task]["domain"], f"{base:.3f}", *changes)
-    return table
+        for mask in ("dape", "random"):
+            changes = [f"{value[(s, mask, task)] - base:+.2f}" for s in module_sets]
+            first = mask == "dape"
+            rows.append([info["domain"] if first else "", mask, f"{base:.2f}" if first else ""])
+            rows[-1] += changes
+    return Table(
+        "Accuracy with nothing off, and its change with the domain's neurons off",
+        ["domain", "mask", "none", *module_sets],
+        rows,
+        keep=2,
+    )
 
 
 @click.command()
@@ -86,15 +90,15 @@ def demo(ctx: click.Context, output: Path | None, quick: bool) -> None:
     console = Console(stderr=True)
     output.mkdir(parents=True, exist_ok=True)
     root = ctx.find_root().command
-    timings = Table(title="mmneuron-bench demo" + (" (quick)" if quick else ""))
-    timings.add_column("step")
-    timings.add_column("seconds", justify="right")
+    timings = []
+    verbose = ["--verbose"] if ctx.meta.get(VERBOSE) else []
     for title, args in demo_steps(output, str(MINI_MODEL_DIR), quick):
         console.rule(title)
         console.print("mmneuron-bench " + " ".join(args), style="dim", soft_wrap=True)
         start = time.monotonic()
-        root.main(args, prog_name="mmneuron-bench", standalone_mode=False)
-        timings.add_row(title, f"{time.monotonic() - start:.1f}")
-    Console().print(timings)
-    Console().print(findings_table(output / "grid" / "grid.json"))
+        root.main([*args, *verbose], prog_name="mmneuron-bench", standalone_mode=False)
+        timings.append([title, f"{time.monotonic() - start:.1f}"])
+    caption = "mmneuron-bench demo" + (" (quick)" if quick else "")
+    print_table(Table(caption, ["step", "seconds"], timings))
+    print_table(findings_table(output / "grid" / "grid.json"))
     Console().print(f"report: {(output / 'report.html').resolve()}")

@@ -6,14 +6,13 @@ import os
 from pathlib import Path
 
 import click
-from rich.console import Console
-from rich.table import Table
 
 from mmneuron_bench import stats_file
 from mmneuron_bench.cli_options import check_output_files
+from mmneuron_bench.console import print_table
 from mmneuron_bench.errors import MaskMismatchError, MMNeuronError
 from mmneuron_bench.mask_file import sha256_file
-from mmneuron_bench.stats_file import ActivationStats
+from mmneuron_bench.stats_file import ActivationStats, summary_table
 
 
 def merge_files(paths: list[Path]) -> ActivationStats:
@@ -37,19 +36,6 @@ def merge_files(paths: list[Path]) -> ActivationStats:
     return merged
 
 
-def merged_table(stats: ActivationStats, count: int) -> Table:
-    """Samples per domain and tokens seen by each component's first layer."""
-    table = Table(title=f"merged {count} stats files ({stats.token_scope} tokens)")
-    table.add_column("domain")
-    table.add_column("samples", justify="right")
-    for c in stats.components:
-        table.add_column(f"{c} tokens", justify="right")
-    for i, d in enumerate(stats.domains):
-        tokens = (str(int(stats.tokens[c][i, 0])) for c in stats.components)
-        table.add_row(d, str(stats.samples[d]), *tokens)
-    return table
-
-
 @click.command()
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option(
@@ -68,5 +54,5 @@ def merge(inputs: tuple[Path, ...], out: Path) -> None:
     check_output_files(out)
     merged = merge_files(list(inputs))
     merged.save(out)
-    Console().print(merged_table(merged, len(inputs)))
+    print_table(summary_table(merged, f"merged {len(inputs)} stats files"))
     click.echo(f"wrote {os.fspath(out)}")

@@ -10,8 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
-from rich.table import Table
 
 from mmneuron_bench.atomic import atomic_write
 from mmneuron_bench.cli_options import (
@@ -19,10 +17,11 @@ from mmneuron_bench.cli_options import (
     ModelChoice,
     check_output_files,
     model_options,
-    progress,
     task_names,
 )
+from mmneuron_bench.console import print_table, progress
 from mmneuron_bench.errors import MMNeuronError
+from mmneuron_bench.tables import Table
 
 SHOW_TOKENS = 20  # tokens in the printed table of `find` (the JSON has all)
 SHOW_NEURONS = 3  # neurons per token in that table
@@ -247,7 +246,7 @@ def find(
     mask = contribution_mask(components, model_meta, found, tokenizer, params)
     _write_json(scores, _scores_json(mask, found, promoted, generations, tokenizer))
     mask.save(out)
-    Console().print(_find_table(mask, found, promoted, tokenizer, scores))
+    print_table(_find_table(mask, found, promoted, tokenizer, scores))
     click.echo(f"wrote {os.fspath(out)}")
     click.echo(f"wrote {os.fspath(scores)}")
 
@@ -303,33 +302,27 @@ def _scores_json(mask, found, promoted, generations, tokenizer) -> dict:
 
 
 def _find_table(mask, found, promoted, tokenizer, scores: Path) -> Table:
-    table = Table(
-        title="Top neurons per token",
-        caption=f"first {SHOW_TOKENS} tokens by count, {SHOW_NEURONS} neurons each; "
-        f"all in {scores}",
-    )
-    for name, justify in (
-        ("token", "left"),
-        ("count", "right"),
-        ("layer:neuron", "right"),
-        ("score", "right"),
-        ("promotes", "left"),
-    ):
-        table.add_column(name, justify=justify)
+    rows = []
     for domain, item in list(zip(mask.domains, found, strict=True))[:SHOW_TOKENS]:
         text = mask.params["tokens"][domain]["text"]
         for rank, ((layer, neuron), score) in enumerate(
             zip(item.neurons.tolist()[:SHOW_NEURONS], item.scores, strict=False)
         ):
             promotes = ", ".join(repr(tokenizer.decode([t])) for t in promoted[(layer, neuron)])
-            table.add_row(
-                text if rank == 0 else "",
-                str(item.count) if rank == 0 else "",
-                f"{layer}:{neuron}",
-                f"{float(score):.4g}",
-                promotes,
+            rows.append(
+                [
+                    text if rank == 0 else "",
+                    str(item.count) if rank == 0 else "",
+                    f"{layer}:{neuron}",
+                    f"{float(score):.4g}",
+                    promotes,
+                ]
             )
-    return table
+    caption = (
+        f"Top neurons per token (first {SHOW_TOKENS} tokens by count, {SHOW_NEURONS} neurons "
+        f"each; all in {scores})"
+    )
+    return Table(caption, ["token", "count", "layer:neuron", "score", "promotes"], rows)
 
 
 @neurons.command("ablate")
@@ -378,7 +371,7 @@ def ablate(
         batch_size,
     )  # fmt: skip
     missing = sorted(set(domains) - {r.domain for r in results})
-    Console().print(_ablation_table(mask, results, draws, seed))
+    print_table(_ablation_table(mask, results, draws, seed))
     if missing:
         click.echo(f"not generated this time, so not tested: {', '.join(missing)}")
     if out is not None:
@@ -399,23 +392,10 @@ def ablate(
 
 
 def _ablation_table(mask, results, draws: int, seed: int) -> Table:
-    table = Table(
-        title="p(token) where it was generated, with neurons switched off",
-        caption=f"random: mean of {draws} draw(s) of as many other llm neurons, seed {seed}",
-    )
-    for name in (
-        "token",
-        "neurons",
-        "positions",
-        "p",
-        "top-k off",
-        "random off",
-        "drop top-k",
-        "drop random",
-    ):
-        table.add_column(name, justify="left" if name == "token" else "right")
-    for r in results:
-        table.add_row(
+    header = ["token", "neurons", "positions", "p", "top-k off", "random off", "drop top-k",
+              "drop random"]  # fmt: skip
+    rows = [
+        [
             mask.params["tokens"][r.domain]["text"],
             str(r.neurons),
             str(r.positions),
@@ -424,8 +404,14 @@ def _ablation_table(mask, results, draws: int, seed: int) -> Table:
             f"{r.p_random:.4f}",
             f"{r.p_base - r.p_top:+.4f}",
             f"{r.p_base - r.p_random:+.4f}",
-        )
-    return table
+        ]
+        for r in results
+    ]
+    caption = (
+        "p(token) where it was generated, with neurons switched off (random: mean of "
+        f"{draws} draw(s) of as many other llm neurons, seed {seed})"
+    )
+    return Table(caption, header, rows)
 
 
 @neurons.command("edit")
@@ -486,7 +472,7 @@ def edit(
         loaded, components, model_meta, mask, domain, target_id, strength, extra
     )
     weight_edit.save(out)
-    Console().print(_edit_table(weight_edit))
+    print_table(_edit_table(weight_edit))
     click.echo(f"wrote {os.fspath(out)}")
     if report is None:
         return
@@ -495,33 +481,29 @@ def edit(
     effects = edit_effects(
         loaded, tasks, generations, weight_edit, data.prompt, data.max_new_tokens, batch_size
     )
-    Console().print(_effects_table(effects, weight_edit))
+    print_table(_effects_table(effects, weight_edit))
     _write_json(report, {"edit": weight_edit.params, "data": asdict(data), **effects})
     click.echo(f"wrote {os.fspath(report)}")
 
 
 def _edit_table(weight_edit) -> Table:
     p = weight_edit.params
-    table = Table(
-        title=f"Edit: {p['source']['text']!r} -> {p['target']['text']!r}, strength {p['strength']}"
-    )
-    table.add_column("module")
-    table.add_column("columns", justify="right")
-    table.add_column("|delta| / |w|", justify="right")
-    for e in weight_edit.edits:
-        ratio = (e.delta.norm(dim=0) / e.original.norm(dim=0)).mean()
-        table.add_row(e.module, str(len(e.columns)), f"{float(ratio):.3f}")
-    return table
+    rows = [
+        [
+            e.module,
+            str(len(e.columns)),
+            f"{float((e.delta.norm(dim=0) / e.original.norm(dim=0)).mean()):.3f}",
+        ]
+        for e in weight_edit.edits
+    ]
+    caption = f"Edit: {p['source']['text']!r} -> {p['target']['text']!r}, strength {p['strength']}"
+    return Table(caption, ["module", "columns", "|delta| / |w|"], rows)
 
 
 def _effects_table(effects: dict, weight_edit) -> Table:
     source = weight_edit.params["source"]["text"]
     target = weight_edit.params["target"]["text"]
     s, o, n = effects["source_positions"], effects["other_positions"], effects["samples"]
-    table = Table(title="Effect of the edit (teacher-forced on the unedited outputs)")
-    table.add_column("measure")
-    table.add_column("before", justify="right")
-    table.add_column("after", justify="right")
     where = f"where {source!r} was generated ({s['count']})"
     rows = [
         (f"p({source}) {where}", s["p_source_before"], s["p_source_after"]),
@@ -536,9 +518,11 @@ def _effects_table(effects: dict, weight_edit) -> Table:
         (f"samples with {source!r} ({n['with_source']}): output changed", None,
          n["with_source_output_changed"]),
     ]  # fmt: skip
-    for name, before, after in rows:
-        table.add_row(name, _fmt(before), _fmt(after))
-    return table
+    return Table(
+        "Effect of the edit (teacher-forced on the unedited outputs)",
+        ["measure", "before", "after"],
+        [[name, _fmt(before), _fmt(after)] for name, before, after in rows],
+    )
 
 
 def _fmt(value: float | None) -> str:

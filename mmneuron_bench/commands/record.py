@@ -5,12 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from rich.console import Console
-from rich.progress import TextColumn, TimeRemainingColumn
-from rich.table import Table
 
-from mmneuron_bench.cli_options import ModelChoice, check_output_files, model_options, progress
-from mmneuron_bench.stats_file import ActivationStats, merge
+from mmneuron_bench.cli_options import ModelChoice, check_output_files, model_options
+from mmneuron_bench.console import print_table, progress
+from mmneuron_bench.stats_file import ActivationStats, merge, summary_table
 
 
 def _distributed_shard():
@@ -30,18 +28,6 @@ def _all_reduce(stats: ActivationStats) -> ActivationStats:
     gathered = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, stats)
     return merge(gathered)
-
-
-def _summary(stats: ActivationStats) -> Table:
-    table = Table(title="Recorded")
-    table.add_column("domain")
-    table.add_column("samples", justify="right")
-    for name in stats.components:
-        table.add_column(f"{name} tokens", justify="right")
-    for d, domain in enumerate(stats.domains):
-        counts = [str(int(stats.tokens[c][d, 0])) for c in stats.components]
-        table.add_row(domain, str(stats.samples[domain]), *counts)
-    return table
 
 
 @click.command()
@@ -88,22 +74,19 @@ def record(
     loaded = model.load(device=str(state.device) if on_cuda else None)
     recording = Recording(loaded, plan, shard)
     total = sum(len(s) for s in recording.samples.values())
-    rate = TextColumn("{task.fields[rate]} samples/s")
-    with progress(rate, TimeRemainingColumn(), disable=shard.rank != 0) as bars:
-        bar = bars.add_task("recording", total=total, rate="-")
+    with progress(disable=shard.rank != 0) as bars:
+        bar = bars.add_task("recording", total=total)
 
         def advance(domain: str, n: int) -> None:
-            bars.advance(bar, n)
-            speed = bars.tasks[0].speed
-            bars.update(bar, description=domain, rate=f"{speed:.1f}" if speed else "-")
+            bars.update(bar, advance=n, description=domain)
 
         stats = recording.run(out, batch_size=batch_size, resume=resume, on_batch=advance)
     if shard.world > 1:
         stats = _all_reduce(stats)
     if shard.rank == 0:
         stats.save(out)
-        Console().print(_summary(stats))
-        Console().print(f"wrote {out}")
+        print_table(summary_table(stats, "recorded"))
+        click.echo(f"wrote {out}")
     state.wait_for_everyone()
     from mmneuron_bench.record import checkpoint_path
 

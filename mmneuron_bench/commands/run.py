@@ -11,20 +11,18 @@ import os
 from pathlib import Path
 
 import click
-from rich.console import Console
-from rich.progress import TimeElapsedColumn
-from rich.table import Table
 
 from mmneuron_bench.cli_options import (
     ModelChoice,
     check_output_folder,
     given_options,
     model_options,
-    progress,
     task_names,
 )
 from mmneuron_bench.commands.select import OptionConflict
+from mmneuron_bench.console import print_table, progress
 from mmneuron_bench.errors import MMNeuronError
+from mmneuron_bench.tables import Table
 
 MASK_OPTIONS = ("modules", "domain", "mode", "stats")
 
@@ -40,28 +38,22 @@ def metrics_table(results: dict, described: dict, title: str) -> Table:
     from mmneuron_bench.evaluate import task_metrics
 
     domains = (described.get("mask") or {}).get("domains", {})
-    table = Table(title=title)
-    for name, justify in (
-        ("task", "left"),
-        ("domain", "left"),
-        ("metric", "left"),
-        ("value", "right"),
-        ("stderr", "right"),
-        ("n", "right"),
-    ):
-        table.add_column(name, justify=justify)
     counts = results.get("n-samples", {})
+    rows = []
     for row in task_metrics(results):
         metric = row.metric if row.filter == "none" else f"{row.metric},{row.filter}"
-        table.add_row(
-            row.task,
-            "+".join(domains.get(row.task, [])) or "-",
-            metric,
-            _format(row.value),
-            _format(row.stderr),
-            _format(counts.get(row.task, {}).get("effective")),
+        rows.append(
+            [
+                row.task,
+                "+".join(domains.get(row.task, [])) or "-",
+                metric,
+                _format(row.value),
+                _format(row.stderr),
+                _format(counts.get(row.task, {}).get("effective")),
+            ]
         )
-    return table
+    header = ["task", "domain", "metric", "value", "stderr", "n"]
+    return Table(title, header, rows)
 
 
 def grid_table(header: dict, cells: list[dict]) -> Table:
@@ -69,18 +61,17 @@ def grid_table(header: dict, cells: list[dict]) -> Table:
     from mmneuron_bench.grid import plan_cells, row_label
 
     tasks = header["tasks"]
-    table = Table(title=f"{header['model']['name_or_path']}: {header['mask']['path']}")
-    table.add_column("module set")
-    for task, info in tasks.items():
-        table.add_column(f"{task}\n{info['domain']}, {info['metric']}", justify="right")
     values = {(c["module_set"], c["mask"], c["task"]): c["value"] for c in cells}
     rows: dict[str, list[str]] = {}
     for cell in plan_cells(header["module_sets"], list(tasks), header["baseline"]):
         value = values.get((cell.module_set, cell.mask, cell.task))
         rows.setdefault(row_label(cell.module_set, cell.mask), []).append(_format(value))
-    for label, row in rows.items():
-        table.add_row(label, *row)
-    return table
+    columns = [f"{task} ({info['domain']}, {info['metric']})" for task, info in tasks.items()]
+    return Table(
+        f"{header['model']['name_or_path']}: {header['mask']['path']}",
+        ["module set", *columns],
+        [[label, *row] for label, row in rows.items()],
+    )
 
 
 def _check_options(ctx: click.Context, mask, stats, mode, grid, baseline) -> None:
@@ -193,11 +184,11 @@ def run(
     _check_options(ctx, mask, stats, mode, grid, baseline)
     check_output_folder(output)
     from mmneuron_bench.domains import task_manager
-    from mmneuron_bench.evaluate import file_ref, quiet_lmms_eval_logging
+    from mmneuron_bench.evaluate import file_ref, lmms_eval_logs_to_stderr
     from mmneuron_bench.lmms.model import pick_base
 
     names = task_names(tasks)
-    quiet_lmms_eval_logging()
+    lmms_eval_logs_to_stderr()
     _, base_name = pick_base(model.pretrained, model.adapter_name, base)
     manager = task_manager(names, include_paths, base_name)
     settings = {
@@ -241,15 +232,18 @@ def _run_once(manager, names, model_args, mask, stats, settings, output: Path) -
         mode=settings["mode"],
         stats=None if stats is None else os.fspath(stats),
     )
-    results = evaluate(
-        lm, names, manager, settings["limit"], settings["seed"], settings["batch_size"]
-    )
+    with progress("requests") as bars:
+        bar = bars.add_task("evaluating", total=None)
+        lm.on_progress = lambda done, total: bars.update(bar, completed=done, total=total)
+        results = evaluate(
+            lm, names, manager, settings["limit"], settings["seed"], settings["batch_size"]
+        )
     record = provenance(lm, settings, mask, stats, results["configs"])
     written = write_run(output, results, record)
     title = f"{lm.base_name}: {model_args['pretrained']}"
     if mask is not None:
         title += f" | {mask} ({settings['modules']} off)"
-    Console().print(metrics_table(results, lm.describe(), title))
+    print_table(metrics_table(results, lm.describe(), title))
     for path in written:
         click.echo(f"wrote {os.fspath(path)}")
 
@@ -301,7 +295,7 @@ def _run_grid(manager, names, model_args, mask, stats, settings, output: Path, b
     total = len(plan_cells(header["module_sets"], names, baseline))
     if done:
         click.echo(f"resuming: {done} of {total} cells already in {output / 'grid.json'}", err=True)
-    with progress(TimeElapsedColumn()) as bars:
+    with progress("cells") as bars:
         bar = bars.add_task("grid", total=total, completed=done)
 
         def advance(cell, _value: float) -> None:
@@ -320,6 +314,6 @@ def _run_grid(manager, names, model_args, mask, stats, settings, output: Path, b
             stats=activation_stats,
             on_cell=advance,
         )
-    Console().print(grid_table(header, cells))
+    print_table(grid_table(header, cells))
     for name in ("grid.json", "grid.csv", "provenance.json"):
         click.echo(f"wrote {os.fspath(output / name)}")

@@ -6,11 +6,14 @@ import os
 from pathlib import Path
 
 import click
-import torch
-from rich.console import Console
-from rich.table import Table
 
+from mmneuron_bench.analysis.distribution import (
+    component_summary,
+    neuron_distribution,
+    selection_table,
+)
 from mmneuron_bench.cli_options import FiniteFloatRange, check_output_files, given_options
+from mmneuron_bench.console import print_table
 from mmneuron_bench.dape import dape_mask, select_random_like
 from mmneuron_bench.mask_file import NeuronMask, sha256_file
 from mmneuron_bench.stats_file import ActivationStats
@@ -22,22 +25,6 @@ class OptionConflict(click.ClickException):
     """Options that make no sense together: one line `Error: ...`, exit code 2 (usage)."""
 
     exit_code = 2
-
-
-def mask_table(mask: NeuronMask, title: str) -> Table:
-    """Selected neurons per component (rows) and domain (columns), with the distinct total."""
-    table = Table(title=title, caption="total: selected for any domain / all")
-    table.add_column("component")
-    table.add_column("role")
-    for d in mask.domains:
-        table.add_column(d, justify="right")
-    table.add_column("total", justify="right")
-    counts = mask.count()
-    for c, info in mask.components.items():
-        union = torch.stack([mask.masks[(d, c)] for d in mask.domains]).any(0)
-        total = f"{int(union.sum())} / {info.layers * info.width}"
-        table.add_row(c, info.role, *(str(counts[(d, c)]) for d in mask.domains), total)
-    return table
 
 
 @click.command()
@@ -118,7 +105,8 @@ def select(
         mask = select_random_like(NeuronMask.load(like), seed)
         title = f"random like {like}, seed {seed}"
     mask.save(out)
-    Console().print(mask_table(mask, title))
+    summary = component_summary(neuron_distribution(mask))
+    print_table(selection_table(title, mask.domains, summary))
     click.echo(f"wrote {os.fspath(out)}")
 
 

@@ -6,20 +6,26 @@ import json
 
 import click
 from rich.console import Console
-from rich.table import Table
 
+from mmneuron_bench.console import print_table
+from mmneuron_bench.tables import Table
 from mmneuron_bench.task_index import TaskEntry, index_tasks, name_problems
 
 
 def _tasks_table(entries: list[TaskEntry]) -> Table:
-    table = Table(title="lmms-eval tasks")
-    for column in ("task", "domain", "dataset", "metrics", "source", "folder"):
-        table.add_column(column, overflow="fold")
-    for e in entries:
-        metrics = ", ".join(e.metrics) or "-"
-        folder = str(e.yaml_path.parent)
-        table.add_row(e.name, e.domain or "-", e.dataset, metrics, e.source, folder)
-    return table
+    rows = [
+        [
+            e.name,
+            e.domain or "-",
+            e.dataset,
+            ", ".join(e.metrics) or "-",
+            e.source,
+            str(e.yaml_path.parent),
+        ]
+        for e in entries
+    ]
+    header = ["task", "domain", "dataset", "metrics", "source", "folder"]
+    return Table("lmms-eval tasks", header, rows)
 
 
 @click.command("tasks")
@@ -40,4 +46,4 @@ def tasks(include_paths: tuple[str, ...], as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps([e.to_json() for e in entries], indent=2))
     else:
-        Console().print(_tasks_table(entries))
+        print_table(_tasks_table(entries))

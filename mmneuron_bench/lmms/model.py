@@ -102,6 +102,8 @@ class MMNeuronLMM(lmms):
         self.task_dict = self.base.task_dict
         self.components = self.adapter.resolve(self.model)
         self.interventions: dict[str, TaskIntervention] = {}
+        # Called with (requests answered, requests in the call) as generation goes on.
+        self.on_progress: Callable[[int, int], None] | None = None
         self._processor = None
         self.set_mask(mask, modules=modules, domain=str(domain), mode=str(mode), stats=stats)
         if edit is not None:
@@ -183,11 +185,12 @@ class MMNeuronLMM(lmms):
 
     # internals
 
-    def _per_task(self, requests: list, run: Callable[[list], list]) -> list:
+    def _per_task(self, requests: list, run: Callable[[list, Callable[[int], None]], list]) -> list:
         """Run the requests task by task, each inside that task's interventions, in order.
 
         Every task's contexts are built before any request runs, so a task without a domain
-        fails before the others have spent time generating.
+        fails before the others have spent time generating. ``run(requests, advance)`` calls
+        ``advance(n)`` as it answers ``n`` more requests.
         """
         groups: dict[str, list[int]] = {}
         for i, request in enumerate(requests):
@@ -196,27 +199,40 @@ class MMNeuronLMM(lmms):
             task: [i.for_task(task, requests[idx[0]].metadata) for i in self.interventions.values()]
             for task, idx in groups.items()
         }
+        answered, finished = 0, 0
+
+        def advance(n: int) -> None:
+            nonlocal answered
+            answered = min(answered + n, len(requests))
+            if self.on_progress is not None:
+                self.on_progress(answered, len(requests))
+
+        advance(0)
         out: list = [None] * len(requests)
         for task, indices in groups.items():
             with ExitStack() as stack:
                 for context in contexts[task]:
                     stack.enter_context(context)
-                results = run([requests[i] for i in indices])
+                results = run([requests[i] for i in indices], advance)
             for i, result in zip(indices, results, strict=True):
                 out[i] = result
+            finished += len(indices)
+            advance(max(finished - answered, 0))  # a base whose outputs were not counted
         return out
 
-    def _generate(self, requests: list) -> list:
+    def _generate(self, requests: list, advance: Callable[[int], None]) -> list:
         echoing = self.base_name in workarounds.ECHOING_BASES
-        with workarounds.checked_generate(self.model, slice_prompt=echoing):
+        with workarounds.checked_generate(self.model, slice_prompt=echoing, on_output=advance):
             return self.base.generate_until(requests)
 
-    def _generate_multi_round(self, requests: list) -> list:
+    def _generate_multi_round(self, requests: list, advance: Callable[[int], None]) -> list:
         echoing = self.base_name in workarounds.ECHOING_BASES
         with workarounds.checked_generate(self.model, slice_prompt=echoing):
-            return self.base.generate_until_multi_round(requests)
+            results = self.base.generate_until_multi_round(requests)
+        advance(len(requests))
+        return results
 
-    def _loglikelihood(self, requests: list) -> list:
+    def _loglikelihood(self, requests: list, advance: Callable[[int], None]) -> list:
         if self._processor is None:
             from transformers import AutoProcessor
 
@@ -247,4 +263,5 @@ class MMNeuronLMM(lmms):
                 continuation,
             )
             out.append(workarounds.loglikelihood_output(nll, greedy))
+            advance(1)
         return out

@@ -22,7 +22,7 @@ import inspect
 import os
 import sys
 import types
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -106,13 +106,18 @@ def check_batch_size(base: str, batch_size: Any) -> None:
 
 
 @contextlib.contextmanager
-def checked_generate(model: torch.nn.Module, slice_prompt: bool) -> Iterator[None]:
+def checked_generate(
+    model: torch.nn.Module,
+    slice_prompt: bool,
+    on_output: Callable[[int], None] | None = None,
+) -> Iterator[None]:
     """Patch ``model.generate`` for one base call: errors surface, echoed prompts go.
 
     The built-in bases catch every exception of ``generate`` and score an empty answer;
     the patched ``generate`` remembers the exception and it is raised as an MMNeuronError
     when the block ends. With ``slice_prompt``, an output that starts with the whole
-    ``input_ids`` loses that prefix (the answer alone is decoded).
+    ``input_ids`` loses that prefix (the answer alone is decoded). ``on_output(n)`` is
+    called after each call with the number of sequences it generated (progress).
     """
     original = model.generate
     failures: list[BaseException] = []
@@ -123,6 +128,8 @@ def checked_generate(model: torch.nn.Module, slice_prompt: bool) -> Iterator[Non
         except Exception as exc:
             failures.append(exc)
             raise
+        if on_output is not None and isinstance(out, torch.Tensor):
+            on_output(out.shape[0])
         prompt = kwargs.get("input_ids")
         if slice_prompt and isinstance(out, torch.Tensor) and prompt is not None:
             n = prompt.shape[-1]
