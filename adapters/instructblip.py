@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from mmneuron_bench.adapter import ComponentSpec, ModelAdapter
-from mmneuron_bench.hookspecs import hookimpl
+from mmneuron_bench import ModelAdapter, fc_mlp, gated_mlp, hookimpl, qformer_ffn
 
-_VISION = "vision_model.encoder.layers"
 _QFORMER = "qformer.encoder.layer"
 _LLM = "language_model.model.layers"
 
@@ -19,31 +17,12 @@ class InstructBlipAdapter(ModelAdapter):
     model_class = "InstructBlipForConditionalGeneration"
     lmms_eval_model = "instructblip"
     components = (
-        ComponentSpec(
-            "vision",
-            "vision",
-            _VISION + ".{i}.mlp.activation_fn",
-            _VISION + ".{i}.mlp.fc1",
-            _VISION,
+        fc_mlp("vision", "vision", "vision_model.encoder.layers"),
+        qformer_ffn("qformer_query", _QFORMER, part="intermediate_query", output="output_query"),
+        qformer_ffn(
+            "qformer_text", _QFORMER, part="intermediate", output="output", positions="qformer_text"
         ),
-        ComponentSpec(
-            "qformer_query",
-            "connector",
-            _QFORMER + ".{i}.intermediate_query.intermediate_act_fn",
-            _QFORMER + ".{i}.intermediate_query.dense",
-            _QFORMER,
-        ),
-        ComponentSpec(
-            "qformer_text",
-            "connector",
-            _QFORMER + ".{i}.intermediate.intermediate_act_fn",
-            _QFORMER + ".{i}.intermediate.dense",
-            _QFORMER,
-            "qformer_text",
-        ),
-        ComponentSpec(
-            "llm", "llm", _LLM + ".{i}.mlp.act_fn", _LLM + ".{i}.mlp.gate_proj", _LLM, "llm"
-        ),
+        gated_mlp("llm", "llm", _LLM),
     )
     decoder_layers = _LLM
     final_norm = "language_model.model.norm"

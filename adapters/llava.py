@@ -4,11 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from mmneuron_bench.adapter import ComponentSpec, ModelAdapter
-from mmneuron_bench.hookspecs import hookimpl
-
-_VISION = "model.vision_tower.encoder.layers"
-_LLM = "model.language_model.layers"
+from mmneuron_bench import ComponentSpec, ModelAdapter, fc_mlp, gated_mlp, hookimpl, projector_mlp
 
 
 class LlavaAdapter(ModelAdapter):
@@ -18,24 +14,11 @@ class LlavaAdapter(ModelAdapter):
     model_class = "LlavaForConditionalGeneration"
     lmms_eval_model = "llava_hf"
     components = (
-        ComponentSpec(
-            "vision",
-            "vision",
-            _VISION + ".{i}.mlp.activation_fn",
-            _VISION + ".{i}.mlp.fc1",
-            _VISION,
-        ),
-        ComponentSpec(
-            "projector",
-            "connector",
-            "model.multi_modal_projector.act",
-            "model.multi_modal_projector.linear_1",
-        ),
-        ComponentSpec(
-            "llm", "llm", _LLM + ".{i}.mlp.act_fn", _LLM + ".{i}.mlp.gate_proj", _LLM, "llm"
-        ),
+        fc_mlp("vision", "vision", "model.vision_tower.encoder.layers"),
+        projector_mlp(),
+        gated_mlp("llm", "llm", "model.language_model.layers"),
     )
-    decoder_layers = _LLM
+    decoder_layers = "model.language_model.layers"
     final_norm = "model.language_model.norm"
     lm_head = "lm_head"
 

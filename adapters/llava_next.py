@@ -1,9 +1,9 @@
-"""LLaVA-NeXT (`LlavaNextForConditionalGeneration`): LLaVA's modules, any-resolution tiling."""
+"""LLaVA-NeXT (``LlavaNextForConditionalGeneration``): LLaVA's modules, any-resolution tiling."""
 
 from __future__ import annotations
 
+from mmneuron_bench import hookimpl
 from mmneuron_bench.adapters.llava import LlavaAdapter
-from mmneuron_bench.hookspecs import hookimpl
 
 
 class LlavaNextAdapter(LlavaAdapter):

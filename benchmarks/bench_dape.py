@@ -10,7 +10,7 @@ import time
 
 import torch
 
-from mmneuron_bench.dape import select_dape
+from mmneuron_bench.selection.dape import select_dape
 
 
 def main() -> None:

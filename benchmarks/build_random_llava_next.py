@@ -20,17 +20,16 @@ from transformers import (
     LlavaNextProcessor,
 )
 
-from mmneuron_bench.testing.checkpoints import (
+from mmneuron_bench.synthetic.tokenizers import (
     BOS_ID,
     CHAT_TEMPLATE,
     EOS_ID,
     IMAGE_ID,
     PAD_ID,
     SPECIAL_TOKENS,
-    WORDS,
-    build_and_save,
     llm_tokenizer,
 )
+from mmneuron_bench.testing.checkpoints import WORDS, build_and_save
 
 
 def main() -> None:

@@ -9,12 +9,11 @@ from dataclasses import dataclass
 
 import torch
 
-from mmneuron_bench.adapter import Component, LoadedModel
-from mmneuron_bench.hookcheck import example_inputs
-from mmneuron_bench.mask_file import NeuronMask
-from mmneuron_bench.masking import Deactivation
-from mmneuron_bench.record import real_positions
-from mmneuron_bench.recording import ActivationRecorder
+from mmneuron_bench.interventions.mask import Deactivation
+from mmneuron_bench.models.adapter import LoadedModel
+from mmneuron_bench.models.hookcheck import example_inputs
+from mmneuron_bench.recording.recorder import ActivationRecorder
+from mmneuron_bench.selection.random import random_mask
 
 PHASES = ("plain", "record", "mask")
 
@@ -40,26 +39,6 @@ class BenchResult:
         return statistics.median(t / plain for t, plain in pairs)
 
 
-def random_mask(components: list[Component], rate: float, seed: int) -> NeuronMask:
-    """One domain, ``round(rate * layers * width)`` random neurons per component."""
-    generator = torch.Generator().manual_seed(seed)
-    masks = {}
-    for c in components:
-        flat = torch.zeros(c.info.layers * c.info.width, dtype=torch.bool)
-        count = max(1, round(rate * flat.numel()))
-        flat[torch.randperm(flat.numel(), generator=generator)[:count]] = True
-        masks[("bench", c.name)] = flat.reshape(c.info.layers, c.info.width)
-    return NeuronMask(
-        domains=["bench"],
-        components={c.name: c.info for c in components},
-        model={},
-        method="random",
-        params={"rate": rate, "seed": seed},
-        source=None,
-        masks=masks,
-    )
-
-
 def run_bench(
     loaded: LoadedModel, batch_size: int = 4, repeats: int = 5, rate: float = 0.01
 ) -> BenchResult:
@@ -67,11 +46,11 @@ def run_bench(
     model, adapter = loaded.model, loaded.adapter
     components = adapter.resolve(model)
     inputs = example_inputs(loaded, batch_size).to(model.dtype)
-    position_ids = real_positions(inputs["attention_mask"])
+    forward = adapter.forward_kwargs(inputs)
     device = next(model.parameters()).device
     recorder = ActivationRecorder(components, 1, device)
     recorder.set_batch(0, adapter.positions(model, inputs))
-    mask = random_mask(components, rate, seed=0)
+    mask = random_mask({c.name: c.info for c in components}, rate, seed=0)
     deactivation = Deactivation(components, mask)
     contexts = {"plain": None, "record": recorder.hooks, "mask": lambda: deactivation}
 
@@ -82,10 +61,10 @@ def run_bench(
                 torch.cuda.synchronize()
             start = time.perf_counter()
             if context is None:
-                model(**inputs, position_ids=position_ids)
+                model(**forward)
             else:
                 with context():
-                    model(**inputs, position_ids=position_ids)
+                    model(**forward)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             return time.perf_counter() - start

@@ -24,16 +24,15 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from mmneuron_bench.atomic import atomic_write  # noqa: E402
-from mmneuron_bench.mini_model import (  # noqa: E402
+from mmneuron_bench.formats.atomic import atomic_write  # noqa: E402
+from mmneuron_bench.plugins.registry import get_registry  # noqa: E402
+from mmneuron_bench.synthetic.cache import load_split  # noqa: E402
+from mmneuron_bench.synthetic.generate import DOMAINS, SPLIT_SIZES, chance_level  # noqa: E402
+from mmneuron_bench.synthetic.mini_model import (  # noqa: E402
     accuracy_by_domain,
     mini_processor,
     new_mini_model,
 )
-from mmneuron_bench.plugins import get_registry  # noqa: E402
-from mmneuron_bench.record import real_positions  # noqa: E402
-from mmneuron_bench.synthetic.cache import load_split  # noqa: E402
-from mmneuron_bench.synthetic.generate import DOMAINS, SPLIT_SIZES, chance_level  # noqa: E402
 from mmneuron_bench.testing.checkpoints import build_and_save  # noqa: E402
 
 
@@ -69,6 +68,7 @@ def train(model, data: dict[str, torch.Tensor], args: argparse.Namespace) -> Non
     order = torch.Generator().manual_seed(args.seed)
     n = len(data["input_ids"])
     perm, cursor = torch.randperm(n, generator=order), 0
+    adapter = get_registry().adapter("llava_next")
     model.train()
     start = time.perf_counter()
     for step in range(args.steps):
@@ -78,9 +78,7 @@ def train(model, data: dict[str, torch.Tensor], args: argparse.Namespace) -> Non
         cursor += args.batch_size
         batch = {key: value[idx] for key, value in data.items()}
         # logits_to_keep=3: the logits at positions -3 and -2 predict the answer and </s>.
-        logits = model(
-            **batch, position_ids=real_positions(batch["attention_mask"]), logits_to_keep=3
-        ).logits[:, :2]
+        logits = model(**adapter.forward_kwargs(batch), logits_to_keep=3).logits[:, :2]
         loss = torch.nn.functional.cross_entropy(
             logits.reshape(-1, logits.shape[-1]), batch["input_ids"][:, -2:].reshape(-1)
         )

@@ -9,12 +9,11 @@ import torch
 from click.testing import CliRunner
 from torch import nn
 
-from mmneuron_bench.adapter import IMAGE, PAD, TEXT
 from mmneuron_bench.cli import build_cli
 from mmneuron_bench.errors import AdapterError
-from mmneuron_bench.hookcheck import check_hooks_fire, example_inputs, fired_layers
-from mmneuron_bench.loading import load_model
-from mmneuron_bench.plugins import get_registry
+from mmneuron_bench.models.adapter import IMAGE, PAD, TEXT
+from mmneuron_bench.models.hookcheck import check_hooks_fire, example_inputs, fired_layers
+from mmneuron_bench.models.loading import load_model
 from mmneuron_bench.testing import tiny_image
 
 LLAVA_COMPONENTS = {
@@ -62,7 +61,7 @@ def test_adapters_command_prints_a_table(tiny_llava_next):
 
 @pytest.mark.parametrize("family", sorted(EXPECTED))
 def test_every_component_layer_fires(tiny_checkpoint_dir, family):
-    loaded = load_model(get_registry(), str(tiny_checkpoint_dir[family]))
+    loaded = load_model(str(tiny_checkpoint_dir[family]))
     assert loaded.adapter.name == family
     components = loaded.adapter.resolve(loaded.model)
     fired = fired_layers(loaded, components, example_inputs(loaded, batch=2))
@@ -71,9 +70,36 @@ def test_every_component_layer_fires(tiny_checkpoint_dir, family):
     check_hooks_fire(loaded, components)
 
 
+# Each component's output projection (the Linear reading the neurons), written out by hand.
+OUTPUTS = {
+    "llava": {
+        "vision": lambda m, i: m.model.vision_tower.encoder.layers[i].mlp.fc2,
+        "projector": lambda m, i: m.model.multi_modal_projector.linear_2,
+        "llm": lambda m, i: m.model.language_model.layers[i].mlp.down_proj,
+    },
+    "instructblip": {
+        "vision": lambda m, i: m.vision_model.encoder.layers[i].mlp.fc2,
+        "qformer_query": lambda m, i: m.qformer.encoder.layer[i].output_query.dense,
+        "qformer_text": lambda m, i: m.qformer.encoder.layer[i].output.dense,
+        "llm": lambda m, i: m.language_model.model.layers[i].mlp.down_proj,
+    },
+}
+OUTPUTS["llava_next"] = OUTPUTS["llava"]
+
+
+@pytest.mark.parametrize("family", sorted(EXPECTED))
+def test_adapters_declare_each_output_projection(tiny_checkpoint_dir, family):
+    loaded = load_model(str(tiny_checkpoint_dir[family]))
+    for component in loaded.adapter.resolve(loaded.model):
+        layers = range(component.info.layers)
+        expected = [OUTPUTS[family][component.name](loaded.model, i) for i in layers]
+        assert all(a is b for a, b in zip(component.outputs, expected, strict=True))
+        assert all(o.in_features == component.info.width for o in component.outputs)
+
+
 @pytest.mark.parametrize("family", sorted(EXPECTED))
 def test_token_roles_mark_image_text_and_padding(tiny_checkpoint_dir, family):
-    loaded = load_model(get_registry(), str(tiny_checkpoint_dir[family]))
+    loaded = load_model(str(tiny_checkpoint_dir[family]))
     questions = ["what color is the circle ?", "is there a red square on the left of the image ?"]
     inputs = loaded.adapter.build_inputs(
         loaded.processor, [tiny_image(0), tiny_image(1)], questions
@@ -89,7 +115,7 @@ def test_token_roles_mark_image_text_and_padding(tiny_checkpoint_dir, family):
 
 
 def test_a_missing_module_fails_naming_its_path(tiny_llava_next):
-    loaded = load_model(get_registry(), str(tiny_llava_next))
+    loaded = load_model(str(tiny_llava_next))
     del loaded.model.model.multi_modal_projector.act
     with pytest.raises(AdapterError) as info:
         loaded.adapter.resolve(loaded.model)
@@ -100,7 +126,7 @@ def test_a_missing_module_fails_naming_its_path(tiny_llava_next):
 
 
 def test_a_renamed_layer_list_fails_naming_its_path(tiny_instructblip):
-    loaded = load_model(get_registry(), str(tiny_instructblip))
+    loaded = load_model(str(tiny_instructblip))
     qformer_encoder = loaded.model.qformer.encoder
     qformer_encoder.layers = qformer_encoder.layer
     del qformer_encoder.layer
@@ -121,7 +147,7 @@ class _FusedGatedMLP(nn.Module):
 
 
 def test_a_hook_that_never_fires_fails_naming_the_module(tiny_llava):
-    loaded = load_model(get_registry(), str(tiny_llava))
+    loaded = load_model(str(tiny_llava))
     layer = loaded.model.model.language_model.layers[1]
     layer.mlp = _FusedGatedMLP(layer.mlp)
     components = loaded.adapter.resolve(loaded.model)
@@ -145,10 +171,10 @@ def test_adapter_that_does_not_handle_the_model_is_refused(tiny_instructblip):
 
 
 def test_fingerprint_ignores_the_load_dtype(tiny_llava_next, tiny_llava):
-    from mmneuron_bench.loading import model_identity
+    from mmneuron_bench.models.loading import model_identity
 
     def fingerprint(path, dtype):
-        loaded = load_model(get_registry(), str(path), dtype=dtype)
+        loaded = load_model(str(path), dtype=dtype)
         return model_identity(loaded, str(path))["fingerprint"]
 
     assert fingerprint(tiny_llava_next, torch.float32) == fingerprint(

@@ -7,19 +7,23 @@ import json
 import torch
 from click.testing import CliRunner
 
-from mmneuron_bench.bench import random_mask
 from mmneuron_bench.cli import build_cli
-from mmneuron_bench.loading import load_model
-from mmneuron_bench.plugins import get_registry
+from mmneuron_bench.models.loading import load_model
+from mmneuron_bench.selection.random import random_mask
 
 
 def test_random_mask_takes_one_percent_of_each_component(tiny_llava_next):
-    loaded = load_model(get_registry(), str(tiny_llava_next))
+    loaded = load_model(str(tiny_llava_next))
     components = loaded.adapter.resolve(loaded.model)
-    mask = random_mask(components, rate=0.01, seed=3)
+    infos = {c.name: c.info for c in components}
+    mask = random_mask(infos, rate=0.01, seed=3)
     # vision 3x48 -> round(1.44) = 1, projector 1x40 -> round(0.4) = 0 -> at least 1, llm 2x80 -> 2
-    assert mask.count() == {("bench", "vision"): 1, ("bench", "projector"): 1, ("bench", "llm"): 2}
-    again = random_mask(components, rate=0.01, seed=3).masks
+    assert mask.count() == {
+        ("random", "vision"): 1,
+        ("random", "projector"): 1,
+        ("random", "llm"): 2,
+    }
+    again = random_mask(infos, rate=0.01, seed=3).masks
     assert all(torch.equal(mask.masks[key], again[key]) for key in mask.masks)
 
 

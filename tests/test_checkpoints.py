@@ -16,8 +16,8 @@ from transformers import (
     LlavaNextForConditionalGeneration,
 )
 
+from mmneuron_bench.synthetic.tokenizers import EOS_ID, IMAGE_ID, PAD_ID
 from mmneuron_bench.testing import TINY_CHECKPOINTS, tiny_image
-from mmneuron_bench.testing.checkpoints import EOS_ID, IMAGE_ID, PAD_ID
 
 MODEL_CLASSES = {
     "llava_next": LlavaNextForConditionalGeneration,

@@ -8,15 +8,15 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from mmneuron_bench.atomic import atomic_write
 from mmneuron_bench.cli import build_cli
-from mmneuron_bench.cli_options import (
+from mmneuron_bench.cli.options import (
     ModelChoice,
     check_output_files,
     check_output_folder,
     task_names,
 )
 from mmneuron_bench.errors import MMNeuronError
+from mmneuron_bench.formats.atomic import atomic_write
 
 # Every command that loads a model, with the other options it requires.
 MODEL_COMMANDS = {

@@ -34,6 +34,7 @@ def _run(tiny_llava_next: Path, task_dir: Path, out: Path, *extra: str):
     )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_a_default_run_shows_only_our_progress_and_tables(tiny_llava_next, task_dir, tmp_path):
     done = _run(tiny_llava_next, task_dir, tmp_path / "quiet")
     assert done.returncode == 0, done.stderr

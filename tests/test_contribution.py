@@ -7,20 +7,13 @@ import torch
 from planted_model import PLANTED_LAYER, PLANTED_NEURON, PLANTED_WORD
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from mmneuron_bench.contribution import (
-    TokenActivations,
-    ablate,
-    contribution_mask,
-    down_projections,
-    forced_probabilities,
-    generate,
-    llm_component,
-    promoted_tokens,
-    unembedding,
-)
-from mmneuron_bench.domains import domain_samples, load_tasks, sample_content
-from mmneuron_bench.loading import load_model, model_identity
-from mmneuron_bench.plugins import get_registry
+from mmneuron_bench.domains.tasks import domain_samples, load_tasks, sample_content
+from mmneuron_bench.models.loading import load_model, model_identity
+from mmneuron_bench.neurons.ablation import ablate
+from mmneuron_bench.neurons.anatomy import down_weights, llm_component, unembedding
+from mmneuron_bench.neurons.generation import forced_probabilities, generate
+from mmneuron_bench.neurons.neurons_file import contribution_mask
+from mmneuron_bench.neurons.scores import TokenActivations, promoted_tokens
 from mmneuron_bench.testing import write_tiny_task
 
 
@@ -46,7 +39,7 @@ def _run(loaded, tasks, limit, max_new_tokens, batch_size=1, keep=None):
 
 
 def _weights(loaded, components):
-    down = [m.weight.detach() for _, m in down_projections(loaded.model, llm_component(components))]
+    down = down_weights(llm_component(components))
     return down, unembedding(loaded).detach()
 
 
@@ -79,7 +72,7 @@ def _argmax_continuation(loaded, inputs, steps: int) -> list[int]:
 
 
 def test_generation_is_plain_greedy_whatever_the_checkpoint_asks(tiny_llava_next, tasks):
-    loaded = load_model(get_registry(), str(tiny_llava_next))
+    loaded = load_model(str(tiny_llava_next))
     _, plain, expected = _run(loaded, tasks, limit=3, max_new_tokens=4, batch_size=2)
     config = loaded.model.generation_config
     config.num_beams, config.repetition_penalty, config.no_repeat_ngram_size = 3, 1.5, 2
@@ -97,7 +90,7 @@ def test_generation_is_plain_greedy_whatever_the_checkpoint_asks(tiny_llava_next
 
 @pytest.mark.parametrize("family", ["llava_next", "instructblip"])
 def test_score_at_one_position_equals_a_direct_computation(family, tiny_checkpoint_dir, tasks):
-    loaded = load_model(get_registry(), str(tiny_checkpoint_dir[family]))
+    loaded = load_model(str(tiny_checkpoint_dir[family]))
     components, activations, [generation] = _run(loaded, tasks, limit=1, max_new_tokens=1)
     [token] = generation.tokens
     # Independent: a plain forward of the prompt; the last position predicts the token.
@@ -125,7 +118,7 @@ def test_score_at_one_position_equals_a_direct_computation(family, tiny_checkpoi
 
 
 def test_scores_average_every_position_and_batch_size_changes_nothing(tiny_llava_next, tasks):
-    loaded = load_model(get_registry(), str(tiny_llava_next))
+    loaded = load_model(str(tiny_llava_next))
     components, activations, generations = _run(loaded, tasks, 3, 4, batch_size=2)
     _, single, generations_1 = _run(loaded, tasks, 3, 4, batch_size=1)
     assert generations == generations_1
@@ -149,7 +142,7 @@ def test_scores_average_every_position_and_batch_size_changes_nothing(tiny_llava
 
 
 def test_keep_restricts_the_tokens(tiny_llava_next, tasks):
-    loaded = load_model(get_registry(), str(tiny_llava_next))
+    loaded = load_model(str(tiny_llava_next))
     _, everything, generations = _run(loaded, tasks, 3, 4)
     chosen = generations[0].tokens[0]
     _, only, _ = _run(loaded, tasks, 3, 4, keep={chosen, 10_000})
@@ -173,7 +166,7 @@ class _LargestOutput(TorchDispatchMode):
 
 
 def test_no_tensor_grows_with_vocabulary_times_width(tiny_llava_next, tasks):
-    loaded = load_model(get_registry(), str(tiny_llava_next))
+    loaded = load_model(str(tiny_llava_next))
     components, activations, _ = _run(loaded, tasks, 3, 4)
     down, unembed = _weights(loaded, components)
     info = llm_component(components).info
@@ -192,7 +185,7 @@ def test_no_tensor_grows_with_vocabulary_times_width(tiny_llava_next, tasks):
 
 
 def test_promoted_tokens_are_the_largest_logits_of_the_output_weights(tiny_llava_next):
-    loaded = load_model(get_registry(), str(tiny_llava_next))
+    loaded = load_model(str(tiny_llava_next))
     components = loaded.adapter.resolve(loaded.model)
     down, unembed = _weights(loaded, components)
     promoted = promoted_tokens([(1, 5), (0, 7)], down, unembed, n=3)
@@ -202,7 +195,7 @@ def test_promoted_tokens_are_the_largest_logits_of_the_output_weights(tiny_llava
 
 
 def test_ablating_the_planted_neuron_drops_p_far_more_than_random_neurons(planted, tasks):
-    loaded = load_model(get_registry(), str(planted))
+    loaded = load_model(str(planted))
     components, activations, generations = _run(loaded, tasks, 3, 3)
     red = loaded.processor.tokenizer.convert_tokens_to_ids(PLANTED_WORD)
     assert all(set(g.tokens) == {red} for g in generations)

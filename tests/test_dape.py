@@ -8,11 +8,12 @@ import math
 import pytest
 import torch
 
-from mmneuron_bench.components import ComponentInfo
-from mmneuron_bench.dape import dape_mask, entropy_over_domains, select_dape, select_random_like
 from mmneuron_bench.errors import MMNeuronError
-from mmneuron_bench.mask_file import NeuronMask
-from mmneuron_bench.stats_file import ActivationStats
+from mmneuron_bench.formats.mask import NeuronMask
+from mmneuron_bench.formats.stats import ActivationStats
+from mmneuron_bench.models.components import ComponentInfo
+from mmneuron_bench.selection.dape import dape_mask, entropy_over_domains, select_dape
+from mmneuron_bench.selection.random import select_random_like
 
 LN2 = math.log(2)
 

@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 from html.parser import HTMLParser
 
+import pytest
 from click.testing import CliRunner
 
 from mmneuron_bench.cli import build_cli
-from mmneuron_bench.commands.demo import DOMAINS
-from mmneuron_bench.mask_file import NeuronMask
-from mmneuron_bench.stats_file import ActivationStats
+from mmneuron_bench.cli.commands.demo import DOMAINS
+from mmneuron_bench.formats.mask import NeuronMask
+from mmneuron_bench.formats.stats import ActivationStats
+
+pytestmark = pytest.mark.slow  # installs packages, runs subprocesses or the demo
 
 
 def test_quick_demo_writes_every_output_and_the_report(tmp_path):
@@ -20,9 +23,8 @@ def test_quick_demo_writes_every_output_and_the_report(tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert f"report: {(out / 'report.html').resolve()}" in result.stdout
-    assert "Accuracy with nothing off, and its change with the domain's neurons off" in (
-        result.stdout
-    )
+    words = " ".join(result.stdout.split())  # titles wrap to their table's width
+    assert "Accuracy with nothing off, and its change with the domain's neurons off" in words
 
     stats = ActivationStats.load(out / "mini.stats.safetensors")
     assert stats.domains == list(DOMAINS)
@@ -47,6 +49,24 @@ def test_quick_demo_writes_every_output_and_the_report(tmp_path):
 
     for name in ("distribution.csv", "deviation.json", "logit_lens.json", "logit_lens.png"):
         assert (out / "analysis" / name).is_file(), name
-    parser = HTMLParser()
-    parser.feed((out / "report.html").read_text())
+    page = _Page()
+    page.feed((out / "report.html").read_text())
+    # The grid, the selection, one deviation table per task, one lens table per task; the
+    # three distribution figures and the lens figure, embedded.
+    assert page.tags["table"] == 2 + 2 * len(DOMAINS)
+    assert page.tags["img"] == 4 and all(s.startswith("data:image/png;base64,") for s in page.srcs)
     assert (out / "report.md").read_text().startswith("# mmneuron-bench report")
+
+
+class _Page(HTMLParser):
+    """Counts the report's tags and collects the figures' sources."""
+
+    def __init__(self):
+        super().__init__()
+        self.tags: dict[str, int] = {}
+        self.srcs: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags[tag] = self.tags.get(tag, 0) + 1
+        if tag == "img":
+            self.srcs.append(dict(attrs)["src"])

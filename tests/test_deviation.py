@@ -12,14 +12,13 @@ import torch
 from click.testing import CliRunner
 
 from mmneuron_bench.analysis.deviation import DEFINITION, measure_deviation, relative_deviation
-from mmneuron_bench.analysis.tasks import resolve_task_domains
 from mmneuron_bench.cli import build_cli
-from mmneuron_bench.dape import select_random_like
-from mmneuron_bench.domains import domain_samples, load_tasks, sample_content
+from mmneuron_bench.domains.tasks import domain_samples, load_tasks, sample_content
 from mmneuron_bench.errors import MMNeuronError
-from mmneuron_bench.loading import load_model
-from mmneuron_bench.mask_file import NeuronMask
-from mmneuron_bench.plugins import get_registry
+from mmneuron_bench.formats.mask import NeuronMask
+from mmneuron_bench.interventions.targets import DomainChoice
+from mmneuron_bench.models.loading import load_model
+from mmneuron_bench.selection.random import select_random_like
 from mmneuron_bench.testing import write_tiny_task
 
 # Activation modules of the tiny LLaVA, spelled out here rather than taken from the adapter.
@@ -63,7 +62,7 @@ def tasks(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def loaded(tiny_llava):
-    return load_model(get_registry(), str(tiny_llava))
+    return load_model(str(tiny_llava))
 
 
 @pytest.fixture(scope="module")
@@ -195,8 +194,8 @@ def test_empty_mask_gives_exactly_zero(loaded, tasks, mask):
 def test_task_domains_follow_the_automatic_rule(tasks):
     _, task_objects = tasks
     domains = ["medical", "driving", "remote_sensing"]
-    explicit = {"plain_set": "driving", "vqa_medical": "medical+driving"}
-    assert resolve_task_domains(task_objects, domains, explicit) == {
+    explicit = DomainChoice.parse(["plain_set=driving", "vqa_medical=medical+driving"])
+    assert explicit.resolve(task_objects, domains) == {
         "vqa_medical": "medical+driving",  # given
         "driving": "driving",  # the task's name
         "scan_set": "medical",  # its YAML's metadata.domain
@@ -205,11 +204,11 @@ def test_task_domains_follow_the_automatic_rule(tasks):
     with pytest.raises(
         MMNeuronError, match="'plain_set' matches no mask domain.*--domain plain_set="
     ):
-        resolve_task_domains(task_objects, domains, {})
+        DomainChoice().resolve(task_objects, domains)
     with pytest.raises(MMNeuronError, match="no domain 'documents'"):
-        resolve_task_domains(task_objects, domains, {"plain_set": "documents"})
+        DomainChoice.parse("plain_set=documents").resolve(task_objects, domains)
     with pytest.raises(MMNeuronError, match="not among --tasks"):
-        resolve_task_domains(task_objects, domains, {"other": "medical"})
+        DomainChoice.parse("other=medical").resolve(task_objects, domains)
 
 
 def test_several_domains_switch_off_their_union(loaded, tasks, mask):
@@ -262,9 +261,12 @@ def test_deviation_command_writes_json_and_csv(tiny_llava, tasks, mask, tmp_path
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--tasks", "plain_set"], "or give --domain plain_set=DOMAIN"),
-        (["--tasks", "driving", "--modules", "llm,decoder"], "'decoder' is not a module set"),
-        (["--tasks", "driving", "--domain", "driving"], "is not of the form TASK=DOMAIN"),
+        (["--tasks", "plain_set"], "give --domain plain_set=DOMAIN"),
+        (
+            ["--tasks", "driving", "--modules", "llm,decoder"],
+            "modules='decoder': expected all, none or roles",
+        ),
+        (["--tasks", "driving", "--domain", "=driving"], "is not of the form TASK=DOMAINS"),
         (["--tasks", "driving", "--model", "instructblip"], "'instructblip' does not handle"),
     ],
 )

@@ -12,8 +12,8 @@ from PIL import Image
 
 from mmneuron_bench.analysis.distribution import neuron_distribution
 from mmneuron_bench.cli import build_cli
-from mmneuron_bench.components import ComponentInfo
-from mmneuron_bench.mask_file import NeuronMask
+from mmneuron_bench.formats.mask import NeuronMask
+from mmneuron_bench.models.components import ComponentInfo
 
 INFOS = {
     "vision": ComponentInfo("vision", "vision", 3, 48),

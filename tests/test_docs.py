@@ -9,8 +9,8 @@ from pathlib import Path
 
 import click
 
-from mmneuron_bench import hookspecs
 from mmneuron_bench.cli import build_cli
+from mmneuron_bench.plugins import hookspecs
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "plugins.md"
 
@@ -71,3 +71,24 @@ def test_every_documented_command_names_real_subcommands_and_options():
             option = arg.split("=", 1)[0]
             if option.startswith("--") and arg != "...":
                 assert option in known | {"--help"}, f"{where}: {command.name} has no {option}"
+
+
+def test_the_documented_adapter_is_short_and_resolves_like_the_builtin(tiny_llava_next):
+    """docs/plugins.md's factory-built adapter: at most 15 lines of class, and on a LLaVA-NeXT
+    checkpoint the same components, activation modules and output projections as ours."""
+    from mmneuron_bench.models.loading import load_model
+
+    [code] = re.findall(r"```python\n(from mmneuron_bench import ModelAdapter.*?)```",
+                        DOCS.read_text(), flags=re.S)  # fmt: skip
+    body = code[code.index("class MyAdapter") : code.index("@hookimpl")].strip().splitlines()
+    assert len(body) <= 15, body
+    namespace: dict = {}
+    exec(code, namespace)  # noqa: S102 - our own documentation
+    adapter = namespace["MyAdapter"]()
+    adapter.validate()
+    loaded = load_model(str(tiny_llava_next))
+    mine, ours = adapter.resolve(loaded.model), loaded.adapter.resolve(loaded.model)
+    assert [(c.info, c.modules, c.outputs) for c in mine] == [
+        (c.info, c.modules, c.outputs) for c in ours
+    ]
+    assert adapter.language_model(loaded.model) == loaded.adapter.language_model(loaded.model)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from mmneuron_bench.task_index import read_task_config
+from mmneuron_bench.domains.index import read_task_config
 from mmneuron_bench.tasks import TASKS_DIR
 from mmneuron_bench.testing import tiny_image
 

@@ -9,13 +9,14 @@ import torch
 from planted_model import PLANTED_LAYER, PLANTED_NEURON
 from safetensors.torch import save_file
 
-from mmneuron_bench.contribution import down_projections, generate, llm_component
-from mmneuron_bench.domains import domain_samples, load_tasks
-from mmneuron_bench.editing import WeightEdit, compute_edit, edit_effects
+from mmneuron_bench.domains.tasks import domain_samples, load_tasks
 from mmneuron_bench.errors import FileFormatError, MaskMismatchError, MMNeuronError
-from mmneuron_bench.loading import load_model, model_identity
-from mmneuron_bench.mask_file import NeuronMask
-from mmneuron_bench.plugins import get_registry
+from mmneuron_bench.formats.edit import WeightEdit
+from mmneuron_bench.formats.mask import NeuronMask
+from mmneuron_bench.models.loading import load_model, model_identity
+from mmneuron_bench.neurons.anatomy import llm_component
+from mmneuron_bench.neurons.editing import compute_edit, edit_effects
+from mmneuron_bench.neurons.generation import generate
 from mmneuron_bench.testing import tiny_image, write_tiny_task
 
 # Top neurons of the hand-made neurons file: (layer, neuron).
@@ -38,7 +39,7 @@ def neurons_file(loaded, components, model_meta, word="red", neurons=NEURONS) ->
 
 @pytest.fixture(scope="module")
 def setup(tiny_llava_next):
-    loaded = load_model(get_registry(), str(tiny_llava_next))
+    loaded = load_model(str(tiny_llava_next))
     components = loaded.adapter.resolve(loaded.model)
     model_meta = model_identity(loaded, str(tiny_llava_next))
     mask = neurons_file(loaded, components, model_meta)
@@ -138,7 +139,7 @@ def test_refusals_change_nothing(setup, tiny_llava):
     with pytest.raises(MMNeuronError, match="the edit is applied already"):
         edit.apply(loaded.model)
     edit.remove(loaded.model)
-    other = load_model(get_registry(), str(tiny_llava))
+    other = load_model(str(tiny_llava))
     other_state = _state(other.model)
     with pytest.raises(MaskMismatchError, match="fingerprints differ"):
         edit.apply(other.model)
@@ -171,14 +172,14 @@ def test_a_damaged_file_is_a_one_line_error(setup, tmp_path):
 def test_editing_the_planted_neuron_moves_red_to_blue(planted, tmp_path):
     write_tiny_task(tmp_path, "tiny_e", n_docs=3, seed=5)
     tasks = load_tasks(["tiny_e"], [str(tmp_path)])
-    loaded = load_model(get_registry(), str(planted))
+    loaded = load_model(str(planted))
     components = loaded.adapter.resolve(loaded.model)
     model_meta = model_identity(loaded, str(planted))
     mask = neurons_file(loaded, components, model_meta, neurons=[(PLANTED_LAYER, PLANTED_NEURON)])
     blue = loaded.processor.tokenizer.convert_tokens_to_ids("blue")
     edit = compute_edit(loaded, components, model_meta, mask, mask.domains[0], blue, 1.0)
     # At strength 1 the planted column (red's unit unembedding) becomes blue's exactly.
-    _, down = down_projections(loaded.model, llm_component(components))[PLANTED_LAYER]
+    down = llm_component(components).outputs[PLANTED_LAYER]
     u_t = loaded.model.lm_head.weight[blue].detach()
     assert torch.allclose(edit.edits[0].edited()[:, 0], u_t / u_t.norm(), atol=1e-6)
     samples = domain_samples(tasks, ["tiny_e"], None)

@@ -11,15 +11,16 @@ import torch
 from click.testing import CliRunner
 
 from mmneuron_bench.cli import build_cli
-from mmneuron_bench.dape import select_random_like
-from mmneuron_bench.domains import task_manager
-from mmneuron_bench.evaluate import evaluate, file_ref
-from mmneuron_bench.grid import CSV_COLUMNS, grid_header, grid_tasks, run_grid
-from mmneuron_bench.lmms.interventions import MODULE_SETS
+from mmneuron_bench.domains.tasks import task_manager
+from mmneuron_bench.formats.common import sha256_file
+from mmneuron_bench.formats.mask import NeuronMask
+from mmneuron_bench.formats.outputs import file_reference
+from mmneuron_bench.interventions.targets import MODULE_SETS
+from mmneuron_bench.lmms.evaluate import evaluate
+from mmneuron_bench.lmms.grid import CSV_COLUMNS, grid_header, grid_tasks, run_grid
 from mmneuron_bench.lmms.model import MMNeuronLMM
-from mmneuron_bench.loading import resolve_components
-from mmneuron_bench.mask_file import NeuronMask, sha256_file
-from mmneuron_bench.plugins import get_registry
+from mmneuron_bench.models.loading import resolve_components
+from mmneuron_bench.selection.random import select_random_like
 from mmneuron_bench.testing import write_tiny_task
 
 TASKS = ("grid_common_shapes", "grid_medical_scans")
@@ -50,7 +51,7 @@ def task_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def mask_path(tiny_llava_next, tmp_path_factory) -> Path:
     """A mask with domains common and medical, 30 % of every component's neurons each."""
-    _, components = resolve_components(get_registry(), str(tiny_llava_next), None)
+    _, components = resolve_components(str(tiny_llava_next), None)
     infos = {c.name: c.info for c in components}
     generator = torch.Generator().manual_seed(4)
     masks = {
@@ -156,7 +157,7 @@ def test_an_interrupted_grid_resumes_without_recomputing(
     names = [TASKS[1]]  # one column keeps it short: 5 cells
     manager = task_manager(names, [str(task_dir)], lm.base_name)
     tasks = grid_tasks(manager.load_task_or_group(names), mask)
-    header = grid_header(lm.identity(), file_ref(mask_path), None, tasks, list(MODULE_SETS))
+    header = grid_header(lm.identity(), file_reference(mask_path), None, tasks, list(MODULE_SETS))
     evaluated: list[str] = []
 
     def counting(task: str) -> dict:
@@ -229,12 +230,14 @@ def test_random_cells_of_joined_domains_switch_off_as_many_neurons_as_the_mask(
     names = [TASKS[1]]
     manager = task_manager(names, [str(task_dir)], lm.base_name)
     tasks = grid_tasks(manager.load_task_or_group(names), mask, "common+medical")
-    header = grid_header(lm.identity(), file_ref(mask_path), "random", tasks, ["vision", "all"])
+    header = grid_header(
+        lm.identity(), file_reference(mask_path), "random", tasks, ["vision", "all"]
+    )
     switched_off = {}
 
     def counting(task: str) -> dict:
         results = evaluate(lm, [task], manager, 1)
-        intervention = lm.interventions["mask"]
+        intervention = lm.interventions.get("mask")
         switched_off[tuple(intervention.roles), intervention.mask.method] = sum(
             intervention.task_counts[task].values()
         )

@@ -15,14 +15,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from mmneuron_bench.domains import task_manager
+from mmneuron_bench.domains.tasks import task_manager
 from mmneuron_bench.errors import MaskMismatchError, MMNeuronError
-from mmneuron_bench.evaluate import evaluate
-from mmneuron_bench.lmms.interventions import auto_domain, parse_domain, parse_modules
+from mmneuron_bench.formats.mask import NeuronMask
+from mmneuron_bench.interventions.mask import Deactivation
+from mmneuron_bench.interventions.targets import DomainChoice, auto_domain, parse_modules
+from mmneuron_bench.lmms.evaluate import evaluate
 from mmneuron_bench.lmms.model import MMNeuronLMM
 from mmneuron_bench.lmms.workarounds import base_kwargs, import_base
-from mmneuron_bench.mask_file import NeuronMask
-from mmneuron_bench.masking import Deactivation
 from mmneuron_bench.testing import tiny_image
 
 DOMAINS = ["common", "documents"]
@@ -387,6 +387,7 @@ def test_a_failed_generation_is_an_error_not_an_empty_answer(tiny_llava_next, tm
         evaluate(lm, ["t_common_broken"], manager)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["llava_next"], indirect=True)
 def test_lmms_eval_cli_runs_the_mmneuron_model(family, task_dir, tmp_path):
     mask = tmp_path / "m.mask.safetensors"
@@ -431,13 +432,18 @@ def test_module_and_domain_specs():
     assert parse_modules("all") == ("vision", "connector", "llm")
     assert parse_modules("none") == ()
     assert parse_modules("llm+vision") == ("vision", "llm")
-    assert parse_domain("auto", DOMAINS) == "auto"
-    assert parse_domain("all", DOMAINS) == tuple(DOMAINS)
-    assert parse_domain("documents+common", DOMAINS) == ("documents", "common")
+    assert DomainChoice.parse("auto").domains("docvqa_val", {"domain": "documents"}, DOMAINS) == [
+        "documents"
+    ]
+    assert DomainChoice.parse("all").domains("any", {}, DOMAINS) == list(DOMAINS)
+    both = DomainChoice.parse("documents+common")
+    assert both.domains("any", {}, DOMAINS) == ["documents", "common"]
+    per_task = DomainChoice.parse(["auto", "vqa=common"])
+    assert per_task.domains("vqa", {}, DOMAINS) == ["common"] and per_task.text == "auto,vqa=common"
     with pytest.raises(MMNeuronError, match="modules='llm\\+eyes'"):
         parse_modules("llm+eyes")
     with pytest.raises(MMNeuronError, match="the mask has no domain 'legal'"):
-        parse_domain("common+legal", DOMAINS)
+        DomainChoice.parse("common+legal").check(DOMAINS)
 
 
 def test_bad_model_args_are_one_line_errors(tiny_llava_next, tiny_instructblip, tmp_path):
@@ -450,7 +456,7 @@ def test_bad_model_args_are_one_line_errors(tiny_llava_next, tiny_instructblip, 
     cases = [
         ({"pretrained": path, "base": "no_such_model"}, "unknown lmms-eval model 'no_such_model'"),
         ({"pretrained": path, "batch_size": 2}, "'llava_hf' generates one request at a time"),
-        ({"pretrained": path, "modules": "llm"}, "modules= needs mask=FILE"),
+        ({"pretrained": path, "modules": "llm"}, "modules= needs mask="),
         ({}, "the mmneuron model needs pretrained=PATH_OR_ID"),
     ]
     for kwargs, message in cases:

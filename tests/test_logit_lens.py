@@ -10,13 +10,12 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from mmneuron_bench.adapter import IMAGE, TEXT
 from mmneuron_bench.analysis.logit_lens import LensCurves, lens_entropies, measure_logit_lens
 from mmneuron_bench.cli import build_cli
-from mmneuron_bench.domains import domain_samples, load_tasks, sample_content
-from mmneuron_bench.loading import load_model
-from mmneuron_bench.mask_file import NeuronMask
-from mmneuron_bench.plugins import get_registry
+from mmneuron_bench.domains.tasks import domain_samples, load_tasks, sample_content
+from mmneuron_bench.formats.mask import NeuronMask
+from mmneuron_bench.models.adapter import IMAGE, TEXT
+from mmneuron_bench.models.loading import load_model
 from mmneuron_bench.testing import tiny_image, write_tiny_task
 
 QUESTION = "what color is the circle on the left of the image ?"
@@ -48,7 +47,7 @@ def entropy(logits: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("family", ["llava_next", "instructblip"])
 def test_chunked_lens_matches_a_direct_full_softmax(tiny_checkpoint_dir, family):
-    loaded = load_model(get_registry(), str(tiny_checkpoint_dir[family]))
+    loaded = load_model(str(tiny_checkpoint_dir[family]))
     inputs = loaded.adapter.build_inputs(loaded.processor, [tiny_image(3)], [QUESTION])
     seq = inputs["input_ids"].shape[1]
     chunk = 5
@@ -94,7 +93,7 @@ def task_root(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def llava(tiny_llava):
-    return load_model(get_registry(), str(tiny_llava))
+    return load_model(str(tiny_llava))
 
 
 def llm_mask(loaded) -> NeuronMask:

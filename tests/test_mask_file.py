@@ -11,10 +11,11 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from mmneuron_bench.components import ComponentInfo
 from mmneuron_bench.errors import FileFormatError, MaskMismatchError, MMNeuronError
-from mmneuron_bench.mask_file import NeuronMask, sha256_file
-from mmneuron_bench.stats_file import ActivationStats
+from mmneuron_bench.formats.common import sha256_file
+from mmneuron_bench.formats.mask import NeuronMask
+from mmneuron_bench.formats.stats import ActivationStats
+from mmneuron_bench.models.components import ComponentInfo
 
 COMPONENTS = {
     "vision": ComponentInfo("vision", "vision", 2, 6),
@@ -133,7 +134,7 @@ def test_failed_save_leaves_no_file(tmp_path, monkeypatch):
         open(filename, "wb").write(b"half")
         raise OSError("no space left on device")
 
-    monkeypatch.setattr("mmneuron_bench.mask_file.save_file", broken_save)
+    monkeypatch.setattr("mmneuron_bench.formats.mask.save_file", broken_save)
     with pytest.raises(MMNeuronError, match=r"cannot write \(no space left on device\)"):
         make_mask().save(tmp_path / "m.mask.safetensors")
     assert list(tmp_path.iterdir()) == []

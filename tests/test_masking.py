@@ -8,14 +8,13 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from mmneuron_bench.adapter import Component, LoadedModel
-from mmneuron_bench.components import ComponentInfo
 from mmneuron_bench.errors import MaskMismatchError, MMNeuronError
-from mmneuron_bench.loading import load_model
-from mmneuron_bench.mask_file import NeuronMask
-from mmneuron_bench.masking import Deactivation
-from mmneuron_bench.plugins import get_registry
-from mmneuron_bench.stats_file import ActivationStats
+from mmneuron_bench.formats.mask import NeuronMask
+from mmneuron_bench.formats.stats import ActivationStats
+from mmneuron_bench.interventions.mask import Deactivation
+from mmneuron_bench.models.adapter import Component, LoadedModel
+from mmneuron_bench.models.components import ComponentInfo
+from mmneuron_bench.models.loading import load_model
 from mmneuron_bench.testing import tiny_image
 
 FAMILIES = ["llava_next", "llava", "instructblip"]
@@ -37,7 +36,7 @@ class Case:
 
 @pytest.fixture(scope="module", params=FAMILIES)
 def case(request, tiny_checkpoint_dir) -> Case:
-    loaded = load_model(get_registry(), str(tiny_checkpoint_dir[request.param]))
+    loaded = load_model(str(tiny_checkpoint_dir[request.param]))
     inputs = loaded.adapter.build_inputs(
         loaded.processor, [tiny_image(0), tiny_image(1)], QUESTIONS
     )
@@ -242,7 +241,7 @@ def test_mean_mode_sets_the_pooled_mean(case):
 
 
 def test_mean_mode_casts_to_the_activation_dtype(tiny_llava_next):
-    loaded = load_model(get_registry(), str(tiny_llava_next))
+    loaded = load_model(str(tiny_llava_next))
     loaded.model.to(torch.bfloat16)
     components = loaded.adapter.resolve(loaded.model)
     infos = {c.name: c.info for c in components}
@@ -350,7 +349,7 @@ def test_bad_options_are_refused(case):
 def test_in_place_write_never_touches_the_input_or_autograd(mode):
     """Without autograd the hook writes into the activation in place; it copies instead when
     the activation is the module's input (identity activation), a view, or needs gradients."""
-    from mmneuron_bench.masking import _LayerHook
+    from mmneuron_bench.interventions.mask import _LayerHook
 
     values = None if mode == "zero" else torch.tensor([5.0, 7.0], dtype=torch.float64)
     hook = _LayerHook(torch.tensor([1, 3]), values)

@@ -10,8 +10,11 @@ import pytest
 import torch
 from transformers import AutoProcessor, LlavaNextForConditionalGeneration
 
-from mmneuron_bench.loading import load_model
-from mmneuron_bench.mini_model import (
+from mmneuron_bench.models.loading import load_model
+from mmneuron_bench.plugins.registry import get_registry
+from mmneuron_bench.synthetic.cache import CACHE_ENV
+from mmneuron_bench.synthetic.generate import DOMAINS, chance_level, generate
+from mmneuron_bench.synthetic.mini_model import (
     MINI_MODEL_DIR,
     answer,
     load_mini_model,
@@ -19,9 +22,6 @@ from mmneuron_bench.mini_model import (
     mini_tokenizer,
     new_mini_model,
 )
-from mmneuron_bench.plugins import get_registry
-from mmneuron_bench.synthetic.cache import CACHE_ENV
-from mmneuron_bench.synthetic.generate import DOMAINS, chance_level, generate
 from mmneuron_bench.synthetic.scoring import is_correct
 from mmneuron_bench.tasks import TASKS_DIR
 
@@ -90,7 +90,7 @@ def test_reported_accuracy_is_far_above_chance_on_every_domain():
 
 
 def test_loads_through_the_adapter_and_answers_alike(mini):
-    loaded = load_model(get_registry(), str(MINI_MODEL_DIR))
+    loaded = load_model(str(MINI_MODEL_DIR))
     assert loaded.adapter.name == "llava_next"
     shapes = {c.name: (c.info.layers, c.info.width) for c in loaded.adapter.resolve(loaded.model)}
     assert shapes == {"vision": (3, 256), "projector": (1, 128), "llm": (3, 512)}
@@ -147,7 +147,7 @@ def test_training_is_deterministic_from_its_seed():
     weights (the shipped model is 2000 such steps); another seed gives other weights."""
     from argparse import Namespace
 
-    from mmneuron_bench.mini_model import mini_processor
+    from mmneuron_bench.synthetic.mini_model import mini_processor
 
     script = _training_script()
     processor = mini_processor()

@@ -11,10 +11,9 @@ from click.testing import CliRunner
 from planted_model import PLANTED_LAYER, PLANTED_NEURON
 
 from mmneuron_bench.cli import build_cli
-from mmneuron_bench.editing import WeightEdit
-from mmneuron_bench.loading import load_model
-from mmneuron_bench.mask_file import NeuronMask
-from mmneuron_bench.plugins import get_registry
+from mmneuron_bench.formats.edit import WeightEdit
+from mmneuron_bench.formats.mask import NeuronMask
+from mmneuron_bench.models.loading import load_model
 from mmneuron_bench.testing import write_tiny_task
 
 
@@ -122,7 +121,7 @@ def test_the_planted_neuron_is_found_ablated_and_edited(
     edit = WeightEdit.load(delta)
     assert edit.params["source"]["text"] == "red" and edit.params["target"]["text"] == "blue"
     assert edit.params["strength"] == 2.0 and edit.params["neurons"] == 3
-    loaded = load_model(get_registry(), str(planted))
+    loaded = load_model(str(planted))
     before = {k: v.clone() for k, v in loaded.model.state_dict().items()}
     with edit.applied(loaded.model):
         pass

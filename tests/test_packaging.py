@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # installs packages, runs subprocesses or the demo
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -98,7 +100,7 @@ def test_wheel_works_in_a_fresh_venv(wheel, tmp_path):
     assert {"llava_next", "llava", "instructblip"} <= set(adapters)
     assert all(adapters[name]["builtin"] for name in ("llava_next", "llava", "instructblip"))
     shipped = subprocess.run(
-        [python, "-c", "from mmneuron_bench import mini_model as m; m.load_mini_model(); "
+        [python, "-c", "from mmneuron_bench.synthetic import mini_model as m; m.load_mini_model(); "
          "print(m.MINI_MODEL_DIR)"],
         check=True, capture_output=True, text=True, cwd=tmp_path, env=run_env,
     )  # fmt: skip

@@ -9,8 +9,8 @@ import pytest
 from click.testing import CliRunner
 
 from mmneuron_bench.adapters.llava import LlavaAdapter
-from mmneuron_bench.hookspecs import hookimpl
-from mmneuron_bench.plugins import DISABLE_AUTOLOAD_ENV, build_registry
+from mmneuron_bench.plugins.hookspecs import hookimpl
+from mmneuron_bench.plugins.registry import DISABLE_AUTOLOAD_ENV, build_registry
 
 BUILTINS = {"llava_next", "llava", "instructblip"}
 
@@ -52,7 +52,7 @@ def test_broken_plugins_are_reported_and_healthy_ones_load(tmp_path, monkeypatch
         {
             "fake_import_error": "raise RuntimeError('cannot import this plugin')\n",
             "fake_register_error": """
-                from mmneuron_bench.hookspecs import hookimpl
+                from mmneuron_bench.plugins.hookspecs import hookimpl
 
                 @hookimpl
                 def mmneuron_register_adapters(register):
@@ -60,7 +60,7 @@ def test_broken_plugins_are_reported_and_healthy_ones_load(tmp_path, monkeypatch
             """,
             "fake_healthy": """
                 from mmneuron_bench.adapters.llava import LlavaAdapter
-                from mmneuron_bench.hookspecs import hookimpl
+                from mmneuron_bench.plugins.hookspecs import hookimpl
 
                 class HealthyAdapter(LlavaAdapter):
                     name = "healthy_llava"

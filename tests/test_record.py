@@ -7,13 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from mmneuron_bench import record as record_module
-from mmneuron_bench.adapter import IMAGE, PAD, TEXT
-from mmneuron_bench.domains import sample_content
+from mmneuron_bench.domains.tasks import sample_content
 from mmneuron_bench.errors import MMNeuronError
-from mmneuron_bench.loading import load_model, model_identity
-from mmneuron_bench.plugins import get_registry
-from mmneuron_bench.record import Recording, RecordPlan, Shard, checkpoint_path
+from mmneuron_bench.models.adapter import IMAGE, PAD, TEXT
+from mmneuron_bench.models.loading import load_model, model_identity
+from mmneuron_bench.recording import run as record_module
+from mmneuron_bench.recording.run import Recording, RecordPlan, Shard, checkpoint_path
 from mmneuron_bench.testing import write_tiny_task
 
 # The Linear feeding each component's activation, per family; act(x) > 0 iff x > 0 for
@@ -86,7 +85,7 @@ def test_counts_match_an_independent_computation(
     tiny_checkpoint_dir, task_dir, tmp_path, family, scope
 ):
     path = tiny_checkpoint_dir[family]
-    loaded = load_model(get_registry(), str(path))
+    loaded = load_model(str(path))
     recording = Recording(loaded, _plan(path, task_dir, token_scope=scope))
     stats = recording.run(tmp_path / "x.stats.safetensors", batch_size=3)
     expected = _expected_counts(loaded, recording, scope)
@@ -101,7 +100,7 @@ def test_batch_size_and_padding_never_change_a_count(
     tiny_checkpoint_dir, task_dir, tmp_path, family
 ):
     path = tiny_checkpoint_dir[family]
-    loaded = load_model(get_registry(), str(path))
+    loaded = load_model(str(path))
     recording = Recording(loaded, _plan(path, task_dir))
     one = recording.run(tmp_path / "one.stats.safetensors", batch_size=1)
     eight = recording.run(tmp_path / "eight.stats.safetensors", batch_size=8)
@@ -112,7 +111,7 @@ def test_batch_size_and_padding_never_change_a_count(
 
 
 def test_llm_token_counts_are_the_unpadded_positions(tiny_llava_next, task_dir, tmp_path):
-    loaded = load_model(get_registry(), str(tiny_llava_next))
+    loaded = load_model(str(tiny_llava_next))
     recording = Recording(loaded, _plan(tiny_llava_next, task_dir))
     stats = recording.run(tmp_path / "x.stats.safetensors", batch_size=4)
     for d, samples in enumerate(recording.samples.values()):
@@ -127,7 +126,7 @@ def test_llm_token_counts_are_the_unpadded_positions(tiny_llava_next, task_dir, 
 
 
 def test_bfloat16_is_counted_in_int64_and_float64(tiny_llava, task_dir, tmp_path):
-    loaded = load_model(get_registry(), str(tiny_llava))
+    loaded = load_model(str(tiny_llava))
     loaded.model.to(torch.bfloat16)
     stats = Recording(loaded, _plan(tiny_llava, task_dir)).run(tmp_path / "x.stats.safetensors", 4)
     assert all(t.dtype == torch.int64 for t in stats.active.values())
@@ -140,7 +139,7 @@ class _Interrupt(Exception):
 
 
 def test_resume_continues_without_counting_twice(tiny_llava_next, task_dir, tmp_path, monkeypatch):
-    loaded = load_model(get_registry(), str(tiny_llava_next))
+    loaded = load_model(str(tiny_llava_next))
     plan = _plan(tiny_llava_next, task_dir)
     out = tmp_path / "x.stats.safetensors"
     full = Recording(loaded, plan).run(tmp_path / "full.stats.safetensors", batch_size=2)
@@ -170,7 +169,7 @@ def test_resume_continues_without_counting_twice(tiny_llava_next, task_dir, tmp_
 def test_a_shard_without_a_checkpoint_resumes_beside_its_siblings(
     tiny_llava_next, task_dir, tmp_path
 ):
-    loaded = load_model(get_registry(), str(tiny_llava_next))
+    loaded = load_model(str(tiny_llava_next))
     plan = _plan(tiny_llava_next, task_dir)
     out = tmp_path / "x.stats.safetensors"
     first, second = Shard(0, 2), Shard(1, 2)
@@ -189,11 +188,11 @@ def test_a_shard_without_a_checkpoint_resumes_beside_its_siblings(
 
 
 def test_a_checkpoint_of_another_model_is_refused(tiny_llava_next, tiny_llava, task_dir, tmp_path):
-    loaded = load_model(get_registry(), str(tiny_llava_next))
+    loaded = load_model(str(tiny_llava_next))
     plan = _plan(tiny_llava_next, task_dir)
     out = tmp_path / "x.stats.safetensors"
     digest = plan.digest(model_identity(loaded, str(tiny_llava_next)))
-    other = load_model(get_registry(), str(tiny_llava))
+    other = load_model(str(tiny_llava))
     foreign = Recording(other, _plan(tiny_llava, task_dir)).empty_stats()
     foreign.save(checkpoint_path(out, digest, Shard()))
     with pytest.raises(MMNeuronError, match=r"cannot resume from .*: model adapter differs"):
@@ -209,7 +208,7 @@ def test_empty_domain_is_refused(tiny_llava, tmp_path):
         utils.write("\n\ndef drop_all(dataset):\n    return dataset.select([])\n")
     with open(folder / "tiny_empty.yaml", "a") as yaml:
         yaml.write("process_docs: !function utils.drop_all\n")
-    loaded = load_model(get_registry(), str(tiny_llava))
+    loaded = load_model(str(tiny_llava))
     plan = RecordPlan(str(tiny_llava), {"empty": ["tiny_empty"]}, [str(tmp_path)])
     # lmms-eval itself cannot build an empty task; the error says which task.
     with pytest.raises(MMNeuronError, match="^cannot load tasks tiny_empty: "):
@@ -219,7 +218,7 @@ def test_empty_domain_is_refused(tiny_llava, tmp_path):
 def test_unknown_task_is_refused(tiny_llava, task_dir):
     from mmneuron_bench.errors import MMNeuronError
 
-    loaded = load_model(get_registry(), str(tiny_llava))
+    loaded = load_model(str(tiny_llava))
     plan = RecordPlan(str(tiny_llava), {"x": ["no_such_task_anywhere"]}, [str(task_dir)])
     with pytest.raises(MMNeuronError, match="task 'no_such_task_anywhere' not found"):
         Recording(loaded, plan)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 
@@ -12,7 +11,7 @@ import torch
 from click.testing import CliRunner
 
 from mmneuron_bench.cli import build_cli
-from mmneuron_bench.stats_file import ActivationStats
+from mmneuron_bench.formats.stats import ActivationStats
 from mmneuron_bench.testing import write_tiny_task
 
 
@@ -62,14 +61,15 @@ def test_bad_input_is_a_one_line_error(tiny_llava, task_dir, tmp_path, extra, me
     assert not out.exists()
 
 
-@pytest.mark.skipif(shutil.which("accelerate") is None, reason="accelerate CLI not on PATH")
+@pytest.mark.slow
 def test_two_processes_count_what_one_process_counts(tiny_llava_next, task_dir, tmp_path):
     single = tmp_path / "single.stats.safetensors"
     double = tmp_path / "double.stats.safetensors"
     assert CliRunner().invoke(build_cli(), _args(tiny_llava_next, task_dir, single)).exit_code == 0
+    # accelerate's launcher run by this very interpreter (not whatever `accelerate` is on PATH).
     launcher = [
-        "accelerate", "launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
-        "--mixed_precision", "no", "--dynamo_backend", "no",
+        sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
         "-m", "mmneuron_bench.cli",
     ]  # fmt: skip
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
@@ -82,4 +82,3 @@ def test_two_processes_count_what_one_process_counts(tiny_llava_next, task_dir, 
     for name in one.components:
         assert torch.equal(one.active[name], two.active[name]), name
         assert torch.equal(one.tokens[name], two.tokens[name]), name
-    assert sys.executable  # the launcher runs the same interpreter's accelerate

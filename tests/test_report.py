@@ -19,8 +19,8 @@ from mmneuron_bench.analysis.deviation import DeviationRow, write_deviation
 from mmneuron_bench.analysis.distribution import write_distribution
 from mmneuron_bench.analysis.logit_lens import LensCurves, LensResult, write_logit_lens
 from mmneuron_bench.cli import build_cli
-from mmneuron_bench.components import ComponentInfo
-from mmneuron_bench.mask_file import NeuronMask
+from mmneuron_bench.formats.mask import NeuronMask
+from mmneuron_bench.models.components import ComponentInfo
 
 MODEL = {"adapter": "llava", "name_or_path": "tiny-llava", "fingerprint": "f" * 64}
 TASKS = {"vqa_medical": "medical", "drive_qa": "driving"}

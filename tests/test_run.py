@@ -10,9 +10,9 @@ import torch
 from click.testing import CliRunner
 
 from mmneuron_bench.cli import build_cli
-from mmneuron_bench.loading import resolve_components
-from mmneuron_bench.mask_file import NeuronMask, sha256_file
-from mmneuron_bench.plugins import get_registry
+from mmneuron_bench.formats.common import sha256_file
+from mmneuron_bench.formats.mask import NeuronMask
+from mmneuron_bench.models.loading import resolve_components
 from mmneuron_bench.testing import write_tiny_task
 
 TASKS = ("run_common_shapes", "run_medical_scans")
@@ -28,7 +28,7 @@ def task_dir(tmp_path_factory) -> Path:
 
 def write_mask(pretrained: Path, path: Path, fraction: float = 0.3, seed: int = 0) -> NeuronMask:
     """A mask with domains common and medical over the model's components (no weights loaded)."""
-    adapter, components = resolve_components(get_registry(), str(pretrained), None)
+    adapter, components = resolve_components(str(pretrained), None)
     infos = {c.name: c.info for c in components}
     generator = torch.Generator().manual_seed(seed)
     masks = {

@@ -10,10 +10,12 @@ from click.testing import CliRunner
 from safetensors import SafetensorError
 
 from mmneuron_bench.cli import build_cli
-from mmneuron_bench.components import ComponentInfo
-from mmneuron_bench.dape import dape_mask, select_random_like
-from mmneuron_bench.mask_file import NeuronMask, sha256_file
-from mmneuron_bench.stats_file import ActivationStats
+from mmneuron_bench.formats.common import sha256_file
+from mmneuron_bench.formats.mask import NeuronMask
+from mmneuron_bench.formats.stats import ActivationStats
+from mmneuron_bench.models.components import ComponentInfo
+from mmneuron_bench.selection.dape import dape_mask
+from mmneuron_bench.selection.random import select_random_like
 
 MODEL = {"adapter": "llava_next", "name_or_path": "tiny", "fingerprint": "abc123"}
 COMPONENTS = {
@@ -310,8 +312,8 @@ def test_failed_write_is_one_line_and_leaves_nothing(tmp_path, stats_path, monke
         Path(path).write_bytes(b"partial")
         raise SafetensorError("disk full")
 
-    module = "mask_file" if command == "select" else "stats_file"
-    monkeypatch.setattr(f"mmneuron_bench.{module}.save_file", disk_full)
+    module = "mask" if command == "select" else "stats"
+    monkeypatch.setattr(f"mmneuron_bench.formats.{module}.save_file", disk_full)
     out = tmp_path / "out.safetensors"
 
     result = cli(command, stats_path, "--out", out)

@@ -10,10 +10,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from mmneuron_bench.atomic import atomic_path, atomic_write
-from mmneuron_bench.components import ComponentInfo
 from mmneuron_bench.errors import FileFormatError, MaskMismatchError, MMNeuronError
-from mmneuron_bench.stats_file import ActivationStats, merge
+from mmneuron_bench.formats.atomic import atomic_path, atomic_write
+from mmneuron_bench.formats.stats import ActivationStats, merge
+from mmneuron_bench.models.components import ComponentInfo
 
 COMPONENTS = {
     "vision": ComponentInfo("vision", "vision", 2, 6),
@@ -122,7 +122,7 @@ def test_failed_save_keeps_previous_file(tmp_path, monkeypatch):
         open(filename, "wb").write(b"half")
         raise OSError("no space left on device")
 
-    monkeypatch.setattr("mmneuron_bench.stats_file.save_file", broken_save)
+    monkeypatch.setattr("mmneuron_bench.formats.stats.save_file", broken_save)
     with pytest.raises(MMNeuronError, match=r"cannot write \(no space left on device\)"):
         make_stats(seed=2).save(path)
     assert path.read_bytes() == before and list(tmp_path.iterdir()) == [path]

@@ -9,7 +9,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from mmneuron_bench.cli import build_cli
-from mmneuron_bench.task_index import index_tasks, read_task_config
+from mmneuron_bench.domains.index import index_tasks, read_task_config
 from mmneuron_bench.tasks import TASKS_DIR
 from mmneuron_bench.testing import write_tiny_task
 

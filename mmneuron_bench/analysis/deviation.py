@@ -11,14 +11,15 @@ from typing import Any
 
 import torch
 
-from mmneuron_bench.adapter import PAD, LoadedModel
-from mmneuron_bench.analysis.files import write_csv, write_json
-from mmneuron_bench.analysis.tasks import prefill, task_inputs
-from mmneuron_bench.dape import select_random_like
+from mmneuron_bench.analysis.inputs import prefill, task_inputs
 from mmneuron_bench.errors import AdapterError, MMNeuronError
-from mmneuron_bench.lmms.interventions import MODULE_SETS
-from mmneuron_bench.mask_file import NeuronMask
-from mmneuron_bench.masking import Deactivation
+from mmneuron_bench.formats.mask import NeuronMask
+from mmneuron_bench.formats.outputs import write_csv, write_json
+from mmneuron_bench.interventions.mask import Deactivation
+from mmneuron_bench.interventions.targets import MODULE_SETS, parse_modules
+from mmneuron_bench.models.adapter import PAD, LoadedModel
+from mmneuron_bench.models.hooks import forward_hooks
+from mmneuron_bench.selection.random import select_random_like
 
 FORMAT = "mmneuron-deviation/1"
 DEFINITION = (
@@ -83,11 +84,8 @@ def last_hidden(loaded: LoadedModel, inputs: dict[str, torch.Tensor]) -> torch.T
     model = loaded.model
     final_norm = loaded.adapter.language_model(model).final_norm
     captured = []
-    handle = final_norm.register_forward_hook(lambda _m, _a, out: captured.append(out))
-    try:
-        prefill(model, inputs)
-    finally:
-        handle.remove()
+    with forward_hooks([(final_norm, lambda _m, _a, out: captured.append(out))]):
+        prefill(loaded, inputs)
     if len(captured) != 1:
         raise AdapterError(
             f"adapter {loaded.adapter.name!r}: the final norm ran {len(captured)} times in one "
@@ -118,18 +116,14 @@ def measure_deviation(
     Each sample's unmasked hidden states are computed once and compared with one masked
     forward per module set and mask (the DAPE mask, then each random seed).
     """
-    unknown = [s for s in module_sets if s not in MODULE_SETS]
-    if unknown:
-        raise MMNeuronError(
-            f"unknown module set {unknown[0]!r}; choose from {', '.join(MODULE_SETS)}"
-        )
+    roles = {s: parse_modules(s) for s in module_sets}
     components = loaded.adapter.resolve(loaded.model)
     rows = []
     for task, domain in task_domains.items():
         together = domain.split("+")
         masks = [mask, *(select_random_like(mask, seed, together) for seed in range(seeds))]
         plans = {
-            s: [Deactivation(components, m, domain.split("+"), MODULE_SETS[s]) for m in masks]
+            s: [Deactivation(components, m, domain.split("+"), roles[s]) for m in masks]
             for s in module_sets
         }
         sums = {s: [0.0] * len(masks) for s in module_sets}

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import torch
 
-from mmneuron_bench.analysis.files import file_reference, write_csv, write_json
-from mmneuron_bench.components import ComponentInfo
-from mmneuron_bench.mask_file import NeuronMask
+from mmneuron_bench.formats.mask import NeuronMask
+from mmneuron_bench.formats.outputs import file_reference, write_csv, write_json
+from mmneuron_bench.models.components import ComponentInfo
 from mmneuron_bench.tables import Table
 
 FORMAT = "mmneuron-distribution/1"

@@ -19,14 +19,15 @@ from typing import Any
 
 import torch
 
-from mmneuron_bench.adapter import IMAGE, TEXT, LanguageModelParts, LoadedModel
-from mmneuron_bench.analysis.files import write_csv, write_json
+from mmneuron_bench.analysis.inputs import prefill, task_inputs
 from mmneuron_bench.analysis.plots import plot_logit_lens
-from mmneuron_bench.analysis.tasks import prefill, task_inputs
 from mmneuron_bench.errors import AdapterError, MMNeuronError
-from mmneuron_bench.lmms.interventions import MODULE_SETS
-from mmneuron_bench.mask_file import NeuronMask
-from mmneuron_bench.masking import Deactivation
+from mmneuron_bench.formats.mask import NeuronMask
+from mmneuron_bench.formats.outputs import write_csv, write_json
+from mmneuron_bench.interventions.mask import Deactivation
+from mmneuron_bench.interventions.targets import parse_modules
+from mmneuron_bench.models.adapter import IMAGE, TEXT, LanguageModelParts, LoadedModel
+from mmneuron_bench.models.hooks import forward_hooks
 
 FORMAT = "mmneuron-logit-lens/1"
 KINDS = {"image": IMAGE, "text": TEXT}
@@ -73,12 +74,8 @@ def lens_entropies(
 
         return record
 
-    handles = [layer.register_forward_hook(hook(i)) for i, layer in enumerate(parts.layers)]
-    try:
-        prefill(loaded.model, inputs)
-    finally:
-        for handle in handles:
-            handle.remove()
+    with forward_hooks((layer, hook(i)) for i, layer in enumerate(parts.layers)):
+        prefill(loaded, inputs)
     ran = {len(entries) for entries in found}
     if ran != {1}:
         raise AdapterError(
@@ -151,7 +148,7 @@ def measure_logit_lens(
     for task, domain in task_domains.items():
         deactivation = None
         if mask is not None:
-            off = MODULE_SETS[module_set]
+            off = parse_modules(module_set)
             deactivation = Deactivation(components, mask, domain.split("+"), off)
         curves = {"original": LensCurves(layers)}
         if deactivation is not None:

@@ -10,7 +10,7 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from mmneuron_bench.atomic import atomic_write
+from mmneuron_bench.formats.atomic import atomic_write
 
 DPI = 110
 

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mmneuron_bench.adapter import ModelAdapter
+from mmneuron_bench.models.adapter import ModelAdapter
 
 
 def continuation_nll(

@@ -1,4 +1,4 @@
-"""``mmneuron``: an lmms-eval model that wraps another and switches neurons off on every request.
+"""``mmneuron``: an lmms-eval model that wraps another and applies interventions on every request.
 
 ::
 
@@ -7,17 +7,18 @@
         --tasks docvqa_val
 
 Model args: ``base`` (default: the adapter's lmms-eval model), ``adapter`` (default: chosen
-from the config), ``mask``, ``modules`` (``all``, ``none`` or roles joined by ``+``),
-``domain`` (``auto``, ``all`` or mask domains joined by ``+``), ``mode`` (``zero``/``mean``),
-``stats`` (for ``mean``); every other argument (``pretrained``, ``dtype``, ``device``,
-``device_map``, ...) goes to the base. Requests are grouped by task and each task runs with
-its own domains' neurons off, generation and loglikelihood alike.
+from the config), the arguments of every installed intervention kind (built in: ``mask``,
+``modules`` (``all``, ``none`` or roles joined by ``+``), ``domain`` (``auto``, ``all`` or mask
+domains joined by ``+``), ``mode`` (``zero``/``mean``), ``stats`` (for ``mean``), ``edit``);
+every other argument (``pretrained``, ``dtype``, ``device``, ``device_map``, ...) goes to the
+base. Requests are grouped by task and each task runs inside every intervention's context
+(with a mask: its own domains' neurons off), generation and loglikelihood alike; an
+intervention that keeps state per document gets each document's requests on their own.
 """
 
 from __future__ import annotations
 
 import gc
-import os
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from typing import Any
@@ -25,21 +26,17 @@ from typing import Any
 import torch
 from lmms_eval.api.model import lmms
 
-from mmneuron_bench.adapter import LoadedModel, ModelAdapter
-from mmneuron_bench.editing import WeightEdit
 from mmneuron_bench.errors import MMNeuronError
+from mmneuron_bench.formats.mask import NeuronMask
+from mmneuron_bench.formats.stats import ActivationStats
+from mmneuron_bench.interventions.base import Intervention, Interventions, Target
+from mmneuron_bench.interventions.mask import MaskIntervention
+from mmneuron_bench.interventions.targets import AUTO, DomainChoice
 from mmneuron_bench.lmms import workarounds
-from mmneuron_bench.lmms.interventions import (
-    AUTO,
-    EditIntervention,
-    MaskIntervention,
-    TaskIntervention,
-)
 from mmneuron_bench.lmms.loglikelihood import continuation_nll
-from mmneuron_bench.loading import load_config, model_identity, pick_adapter
-from mmneuron_bench.mask_file import NeuronMask
-from mmneuron_bench.plugins import get_registry
-from mmneuron_bench.stats_file import ActivationStats
+from mmneuron_bench.models.adapter import LoadedModel, ModelAdapter
+from mmneuron_bench.models.loading import load_config, model_identity, pick_adapter
+from mmneuron_bench.plugins.registry import get_registry
 
 
 def pick_base(
@@ -58,8 +55,23 @@ def pick_base(
     return chosen, base_name
 
 
+def interventions_from_args(args: dict[str, Any]) -> list[Intervention]:
+    """Build the interventions the arguments ask for (removing their keys from ``args``);
+    every file they name is read and checked here, before any model is loaded."""
+    registry = get_registry()
+    taken = registry.intervention_args()
+    own = {key: args.pop(key) for key in list(args) if key in taken}
+    built = []
+    for registered in registry.interventions.values():
+        intervention = registered.kind.from_args(own)
+        if intervention is not None:
+            built.append(intervention)
+    return built
+
+
 class MMNeuronLMM(lmms):
-    """The base lmms-eval model with the interventions (the neuron mask) around every task."""
+    """The base lmms-eval model with interventions (a neuron mask, a weight edit, ...) around
+    every task's requests."""
 
     is_simple = True
 
@@ -67,33 +79,18 @@ class MMNeuronLMM(lmms):
         self,
         base: str | None = None,
         adapter: str | None = None,
-        mask: str | os.PathLike | NeuronMask | None = None,
-        modules: str | Sequence[str] = "all",
-        domain: str = AUTO,
-        mode: str = "zero",
-        stats: str | os.PathLike | ActivationStats | None = None,
-        edit: str | os.PathLike | None = None,
-        **base_args: Any,
+        interventions: Sequence[Intervention] = (),
+        **args: Any,
     ) -> None:
         super().__init__()
-        if "pretrained" not in base_args:
+        if "pretrained" not in args:
             raise MMNeuronError("the mmneuron model needs pretrained=PATH_OR_ID")
-        self.pretrained = str(base_args["pretrained"])
+        self.pretrained = str(args["pretrained"])
         self.adapter, self.base_name = pick_base(self.pretrained, adapter, base)
-        if mask is None:
-            defaults = (
-                ("modules", modules, "all"),
-                ("domain", domain, AUTO),
-                ("mode", mode, "zero"),
-            )
-            given = [name for name, value, default in defaults if str(value) != default]
-            if given or stats is not None:
-                raise MMNeuronError(f"{(given or ['stats'])[0]}= needs mask=FILE")
-        mask = NeuronMask.load(mask) if isinstance(mask, (str, os.PathLike)) else mask
-        stats = ActivationStats.load(stats) if isinstance(stats, (str, os.PathLike)) else stats
-        workarounds.check_batch_size(self.base_name, base_args.get("batch_size", 1))
+        built = [*interventions, *interventions_from_args(args)]
+        workarounds.check_batch_size(self.base_name, args.get("batch_size", 1))
         base_cls = workarounds.import_base(self.base_name)
-        self.base = base_cls(**workarounds.base_kwargs(base_cls, base_args))
+        self.base = base_cls(**workarounds.base_kwargs(base_cls, args))
         if not isinstance(getattr(self.base, "model", None), torch.nn.Module):
             raise MMNeuronError(
                 f"lmms-eval model {self.base_name!r} exposes no transformers model (.model)"
@@ -101,15 +98,14 @@ class MMNeuronLMM(lmms):
         # The evaluator fills lm.task_dict; the base reads documents from its own.
         self.task_dict = self.base.task_dict
         self.components = self.adapter.resolve(self.model)
-        self.interventions: dict[str, TaskIntervention] = {}
+        self.interventions = Interventions()
+        loaded = LoadedModel(self.adapter, self.model, None)
+        self.interventions.attach_all(Target(loaded, self.components, self.identity()))
+        for intervention in built:
+            self.interventions.add(intervention)
         # Called with (requests answered, requests in the call) as generation goes on.
         self.on_progress: Callable[[int, int], None] | None = None
         self._processor = None
-        self.set_mask(mask, modules=modules, domain=str(domain), mode=str(mode), stats=stats)
-        if edit is not None:
-            weight_edit = WeightEdit.load(edit)
-            weight_edit.check_model(self.model)
-            self.interventions["edit"] = EditIntervention(self.model, weight_edit, os.fspath(edit))
 
     @property
     def model(self) -> torch.nn.Module:
@@ -120,16 +116,16 @@ class MMNeuronLMM(lmms):
         self,
         mask: NeuronMask | None,
         modules: str | Sequence[str] = "all",
-        domain: str = AUTO,
+        domain: DomainChoice | str = AUTO,
         mode: str = "zero",
         stats: ActivationStats | None = None,
     ) -> None:
         """Switch to another mask, module set or domain (``None``: no neuron is switched off)."""
         if mask is None:
-            self.interventions.pop("mask", None)
+            self.interventions.remove("mask")
             return
-        self.interventions["mask"] = MaskIntervention(
-            self.components, mask, modules=modules, domain=domain, mode=mode, stats=stats
+        self.interventions.add(
+            MaskIntervention(mask, modules=modules, domain=domain, mode=mode, stats=stats)
         )
 
     def identity(self) -> dict:
@@ -141,7 +137,7 @@ class MMNeuronLMM(lmms):
         return {
             "model": self.identity(),
             "base": self.base_name,
-            **{name: i.describe() for name, i in self.interventions.items()},
+            **self.interventions.describe(),
         }
 
     # lmms-eval interface
@@ -189,14 +185,16 @@ class MMNeuronLMM(lmms):
         """Run the requests task by task, each inside that task's interventions, in order.
 
         Every task's contexts are built before any request runs, so a task without a domain
-        fails before the others have spent time generating. ``run(requests, advance)`` calls
-        ``advance(n)`` as it answers ``n`` more requests.
+        fails before the others have spent time generating. With an intervention that keeps
+        state per document, each document's requests run on their own inside its context.
+        ``run(requests, advance)`` calls ``advance(n)`` as it answers ``n`` more requests.
         """
         groups: dict[str, list[int]] = {}
         for i, request in enumerate(requests):
             groups.setdefault(request.task_name, []).append(i)
+        ordered = self.interventions.ordered
         contexts = {
-            task: [i.for_task(task, requests[idx[0]].metadata) for i in self.interventions.values()]
+            task: [i.for_task(task, requests[idx[0]].metadata) for i in ordered]
             for task, idx in groups.items()
         }
         answered, finished = 0, 0
@@ -213,12 +211,28 @@ class MMNeuronLMM(lmms):
             with ExitStack() as stack:
                 for context in contexts[task]:
                     stack.enter_context(context)
-                results = run([requests[i] for i in indices], advance)
-            for i, result in zip(indices, results, strict=True):
-                out[i] = result
+                for part in self._documents(requests, indices):
+                    with ExitStack() as per_document:
+                        if self.interventions.per_document:
+                            for intervention in ordered:
+                                per_document.enter_context(
+                                    intervention.for_document(requests[part[0]])
+                                )
+                        results = run([requests[i] for i in part], advance)
+                    for i, result in zip(part, results, strict=True):
+                        out[i] = result
             finished += len(indices)
             advance(max(finished - answered, 0))  # a base whose outputs were not counted
         return out
+
+    def _documents(self, requests: list, indices: list[int]) -> list[list[int]]:
+        """``indices`` in one part, or one part per document for per-document interventions."""
+        if not self.interventions.per_document:
+            return [indices]
+        parts: dict[Any, list[int]] = {}
+        for i in indices:
+            parts.setdefault(requests[i].doc_id, []).append(i)
+        return list(parts.values())
 
     def _generate(self, requests: list, advance: Callable[[int], None]) -> list:
         echoing = self.base_name in workarounds.ECHOING_BASES

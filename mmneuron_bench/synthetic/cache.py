@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mmneuron_bench.atomic import atomic_write
+from mmneuron_bench.formats.atomic import atomic_write
 from mmneuron_bench.synthetic.generate import SPLIT_SIZES, VERSION, generate
 
 if TYPE_CHECKING:

@@ -13,12 +13,12 @@ Every component has its own layer count and MLP width so tests can tell them apa
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from PIL import Image
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+from tokenizers import processors
 from transformers import (
     BlipImageProcessorPil,
     CLIPImageProcessorPil,
@@ -42,13 +42,22 @@ from transformers import (
     ProcessorMixin,
 )
 
+from mmneuron_bench.synthetic.tokenizers import (
+    BOS_ID,
+    EOS_ID,
+    IMAGE_ID,
+    PAD_ID,
+    SPECIAL_TOKENS,
+    llava_processor,
+    llm_tokenizer,
+    word_level,
+)
+
 SEED = 0
 IMAGE_SIZE = 32
 PATCH_SIZE = 8
 NUM_QUERY_TOKENS = 6
 
-SPECIAL_TOKENS = ("<unk>", "<s>", "</s>", "<pad>", "<image>")
-UNK_ID, BOS_ID, EOS_ID, PAD_ID, IMAGE_ID = range(len(SPECIAL_TOKENS))
 QFORMER_SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 WORDS = (
     "user assistant system what which how many is are there the a an of in on this that it "
@@ -59,59 +68,15 @@ WORDS = (
     + list("?:.,!'")
 )
 
-# Handles string content (lmms-eval's `llava_hf`) and typed content (`apply_chat_template`).
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if message['role'] == 'user' %}USER: {% elif message['role'] == 'assistant' %}"
-    "ASSISTANT: {% endif %}"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for item in message['content'] %}"
-    "{% if item['type'] == 'image' %}<image>\n"
-    "{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}"
-    "{% endfor %}{% endif %}"
-    "{% if message['role'] == 'assistant' %}{{ eos_token }}{% endif %} "
-    "{% endfor %}"
-    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
-)
-
 
 def tiny_image(seed: int, size: int = IMAGE_SIZE) -> Image.Image:
     """A deterministic RGB noise image of `size` x `size` pixels."""
     return Image.frombytes("RGB", (size, size), random.Random(seed).randbytes(size * size * 3))
 
 
-def _word_level(specials: tuple[str, ...], unk: str, words: Sequence[str] = WORDS) -> Tokenizer:
-    vocab = {token: i for i, token in enumerate(specials + tuple(words))}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token=unk))
-    tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.add_special_tokens(list(specials))
-    return tok
-
-
-def llm_tokenizer(
-    words: Sequence[str] = WORDS, model_max_length: int = 512
-) -> PreTrainedTokenizerFast:
-    """Llama-like, word-level over ``words``: `<s>` prepended, no `</s>`, left padding."""
-    tok = _word_level(SPECIAL_TOKENS, "<unk>", words)
-    tok.post_processor = processors.TemplateProcessing(
-        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", BOS_ID)]
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        unk_token="<unk>",
-        bos_token="<s>",
-        eos_token="</s>",
-        pad_token="<pad>",
-        padding_side="left",
-        chat_template=CHAT_TEMPLATE,
-        model_max_length=model_max_length,
-    )
-
-
 def _qformer_tokenizer() -> PreTrainedTokenizerFast:
     """BERT-like: `[CLS] ... [SEP]`, `[PAD]` = 0, right padding."""
-    tok = _word_level(QFORMER_SPECIAL_TOKENS, "[UNK]")
+    tok = word_level(QFORMER_SPECIAL_TOKENS, "[UNK]", WORDS)
     cls_id, sep_id = QFORMER_SPECIAL_TOKENS.index("[CLS]"), QFORMER_SPECIAL_TOKENS.index("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",
@@ -177,24 +142,6 @@ def build_and_save(
     return path
 
 
-def llava_processor(
-    cls: type[ProcessorMixin],
-    image_processor: object,
-    tokenizer: PreTrainedTokenizerFast | None = None,
-    patch_size: int = PATCH_SIZE,
-) -> ProcessorMixin:
-    """A LLaVA(-NeXT) processor over ``tokenizer`` (default: :func:`llm_tokenizer`)."""
-    # `default` drops CLS: the `+1` CLS token and the `-1` cancel, as in llava-hf checkpoints.
-    return cls(
-        image_processor=image_processor,
-        tokenizer=tokenizer or llm_tokenizer(),
-        patch_size=patch_size,
-        vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,
-        chat_template=CHAT_TEMPLATE,
-    )
-
-
 def build_tiny_llava_next(path: str | Path) -> Path:
     """LLaVA-NeXT (CLIP + Llama) with one pinpoint: 4*4 + 4*5 = 36 image tokens per image."""
 
@@ -211,7 +158,9 @@ def build_tiny_llava_next(path: str | Path) -> Path:
             crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
             image_grid_pinpoints=[[IMAGE_SIZE, IMAGE_SIZE]],
         )
-        processor = llava_processor(LlavaNextProcessor, image_processor)
+        processor = llava_processor(
+            LlavaNextProcessor, image_processor, llm_tokenizer(WORDS), PATCH_SIZE
+        )
         return LlavaNextForConditionalGeneration(config), processor
 
     return build_and_save(path, build)
@@ -231,7 +180,9 @@ def build_tiny_llava(path: str | Path) -> Path:
             size={"shortest_edge": IMAGE_SIZE},
             crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
         )
-        processor = llava_processor(LlavaProcessor, image_processor)
+        processor = llava_processor(
+            LlavaProcessor, image_processor, llm_tokenizer(WORDS), PATCH_SIZE
+        )
         return LlavaForConditionalGeneration(config), processor
 
     return build_and_save(path, build)
@@ -265,7 +216,7 @@ def build_tiny_instructblip(path: str | Path) -> Path:
         )
         processor = InstructBlipProcessor(
             image_processor=BlipImageProcessorPil(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}),
-            tokenizer=llm_tokenizer(),
+            tokenizer=llm_tokenizer(WORDS),
             qformer_tokenizer=_qformer_tokenizer(),
             num_query_tokens=NUM_QUERY_TOKENS,
         )

@@ -1,0 +1,5 @@
+"""``python -m mmneuron_bench.cli``: the command line."""
+
+from mmneuron_bench.cli import main
+
+main()

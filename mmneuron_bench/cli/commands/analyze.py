@@ -1,0 +1,219 @@
+"""``mmneuron-bench analyze``: neuron distribution, hidden-state deviation and logit lens."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+
+import click
+
+from mmneuron_bench.cli.options import (
+    ModelChoice,
+    check_output_folder,
+    domain_choice_option,
+    given_options,
+    model_options,
+    module_sets_option,
+    output_folder,
+    task_names,
+    task_options,
+)
+from mmneuron_bench.console import progress
+from mmneuron_bench.interventions.targets import MODULE_SETS
+
+DEFAULT_OUTPUT = Path("mmneuron-results") / "analysis"
+
+_output_option = click.option(
+    "--output",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=DEFAULT_OUTPUT,
+    show_default=True,
+    help="Folder for the output files.",
+)
+
+
+def _task_options(command: Callable) -> Callable:
+    """Options shared by the analyses that run a model over lmms-eval tasks."""
+    for option in reversed((task_options(), domain_choice_option, _output_option)):
+        command = option(command)
+    return command
+
+
+@click.group()
+def analyze() -> None:
+    """Analyses of domain-specific neurons (distribution, deviation, logit lens)."""
+
+
+@analyze.command("distribution")
+@click.argument("mask", type=click.Path(dir_okay=False, path_type=Path))
+@_output_option
+def distribution(mask: Path, output: Path) -> None:
+    """Domain-specific neurons of MASK per layer, component and domain (CSV, JSON, PNGs)."""
+    from mmneuron_bench.analysis.distribution import write_distribution
+    from mmneuron_bench.formats.mask import NeuronMask
+
+    paths = write_distribution(NeuronMask.load(mask), mask, output_folder(output))
+    _print_tables(paths[1])
+    _wrote(paths)
+
+
+@analyze.command("deviation")
+@model_options
+@_task_options
+@click.option("--mask", "mask_path", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@module_sets_option(",".join(MODULE_SETS), several=True)
+@click.option(
+    "--seeds",
+    type=click.IntRange(min=1),
+    default=3,
+    show_default=True,
+    help="Random masks of equal size (seeds 0..S-1) to compare with.",
+)
+def deviation(
+    model: ModelChoice,
+    task_specs,
+    include_paths,
+    limit,
+    domain,
+    output,
+    mask_path,
+    modules,
+    seeds,
+) -> None:
+    """How far each task's domain neurons move the last hidden states (the paper's Table 2).
+
+    The deviation is 100 * mean over samples of ||H_masked - H||_2 / ||H||_2, H being the
+    language model's final-norm output at every non-padding position of the prompt.
+    """
+    from mmneuron_bench.analysis.deviation import DEFINITION, measure_deviation, write_deviation
+    from mmneuron_bench.formats.outputs import file_reference
+    from mmneuron_bench.models.loading import model_identity
+
+    loaded, mask, tasks, domains = _prepare(
+        model, task_specs, include_paths, domain, mask_path, output
+    )
+    with _progress(tasks, domains, limit) as advance:
+        rows = measure_deviation(
+            loaded, tasks, domains, mask, modules, seeds, limit, on_sample=advance
+        )
+    header = {
+        "model": model_identity(loaded, model.pretrained),
+        "mask": file_reference(mask_path),
+        "module_sets": modules,
+        "seeds": seeds,
+        "limit": limit,
+    }
+    paths = write_deviation(rows, header, output_folder(output))
+    _print_tables(paths[0])
+    click.echo(DEFINITION)
+    _wrote(paths)
+
+
+@analyze.command("logit-lens")
+@model_options
+@_task_options
+@click.option(
+    "--mask",
+    "mask_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also measure with each task's domain neurons off.",
+)
+@module_sets_option("all", several=False)
+@click.option(
+    "--chunk-size",
+    type=click.IntRange(min=1),
+    default=256,
+    show_default=True,
+    help="Positions whose full-vocabulary logits are computed at once (bounds memory).",
+)
+@click.pass_context
+def logit_lens(
+    ctx: click.Context,
+    model: ModelChoice,
+    task_specs,
+    include_paths,
+    limit,
+    domain,
+    output,
+    mask_path,
+    modules,
+    chunk_size,
+) -> None:
+    """Mean next-token entropy per decoder layer for image and text positions (Figure 5).
+
+    The final norm and the LM head are applied to every decoder layer's output; the entropy
+    (nats) of the softmax is averaged over image positions and over text positions.
+    """
+    from mmneuron_bench.analysis.logit_lens import DEFINITION, measure_logit_lens, write_logit_lens
+    from mmneuron_bench.formats.outputs import file_reference
+    from mmneuron_bench.models.loading import model_identity
+
+    if mask_path is None:
+        given = given_options(ctx, ("domain", "modules"))
+        for option in sorted(given):
+            raise click.UsageError(f"--{option} needs --mask")
+    loaded, mask, tasks, domains = _prepare(
+        model, task_specs, include_paths, domain, mask_path, output
+    )
+    with _progress(tasks, domains, limit) as advance:
+        results = measure_logit_lens(
+            loaded, tasks, domains, mask, modules[0], limit, chunk_size, on_sample=advance
+        )
+    header = {
+        "model": model_identity(loaded, model.pretrained),
+        "mask": None if mask_path is None else file_reference(mask_path),
+        "module_set": None if mask_path is None else modules[0],
+        "chunk_size": chunk_size,
+        "limit": limit,
+    }
+    paths = write_logit_lens(results, header, output_folder(output))
+    _print_tables(paths[0])
+    click.echo(DEFINITION)
+    _wrote(paths)
+
+
+def _prepare(model: ModelChoice, task_specs, include_paths, domain, mask_path, output):
+    """Check the mask, the tasks' domains and the output folder (cheap), then load the model."""
+    from mmneuron_bench.domains.tasks import load_tasks
+    from mmneuron_bench.formats.mask import NeuronMask
+
+    names = task_names(task_specs)
+    mask = None if mask_path is None else NeuronMask.load(mask_path)
+    if mask is not None:
+        domain.check(mask.domains, names)
+    tasks = load_tasks(names, list(include_paths))
+    domains = dict.fromkeys(names) if mask is None else domain.resolve(tasks, mask.domains)
+    check_output_folder(output)
+    return model.load(), mask, tasks, domains
+
+
+@contextmanager
+def _progress(tasks, domains: dict, limit: int | None):
+    """A progress bar over every sample of every task, on stderr; yields its advance()."""
+    from mmneuron_bench.analysis.inputs import count_samples
+
+    with progress() as bars:
+        bar = bars.add_task("analysing", total=count_samples(tasks, list(domains), limit))
+
+        def advance(task: str) -> None:
+            bars.update(bar, advance=1, description=task)
+
+        yield advance
+
+
+def _print_tables(path: Path) -> None:
+    """The tables of a written output, as the report shows them."""
+    from mmneuron_bench.analysis.report import file_section
+    from mmneuron_bench.console import print_table
+    from mmneuron_bench.tables import Table
+
+    for block in file_section(path).blocks:
+        if isinstance(block, Table):
+            print_table(block)
+
+
+def _wrote(paths: list[Path]) -> None:
+    for path in paths:
+        click.echo(f"wrote {os.fspath(path)}")

@@ -1,0 +1,58 @@
+"""``mmneuron-bench merge``: sum statistics files recorded over disjoint samples."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+from mmneuron_bench.cli.options import check_output_files
+from mmneuron_bench.console import print_table
+from mmneuron_bench.errors import MaskMismatchError, MMNeuronError
+from mmneuron_bench.formats import stats as stats_file
+from mmneuron_bench.formats.common import sha256_file
+from mmneuron_bench.formats.stats import ActivationStats, summary_table
+
+
+def merge_files(paths: list[Path]) -> ActivationStats:
+    """Load and sum `paths`; a mismatch names the file and the first field that differs."""
+    digests: dict[str, Path] = {}
+    merged = None
+    for path in paths:
+        stats = ActivationStats.load(path)
+        seen = digests.setdefault(sha256_file(path), path)
+        if seen is not path:
+            what = "is given twice" if seen.resolve() == path.resolve() else f"duplicates {seen}"
+            raise MMNeuronError(f"{path} {what}: merging would count its samples twice")
+        if merged is None:
+            merged = stats
+            continue
+        try:
+            merged = stats_file.merge([merged, stats])
+        except MaskMismatchError as e:
+            problem = str(e).removeprefix("cannot merge stats 2 into stats 1: ")
+            raise MaskMismatchError(f"cannot merge {path} into {paths[0]}: {problem}") from None
+    return merged
+
+
+@click.command()
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Stats file to write (*.stats.safetensors).",
+)
+def merge(inputs: tuple[Path, ...], out: Path) -> None:
+    """Sum the statistics files INPUTS, recorded over disjoint samples, into --out.
+
+    The files must come from the same model (adapter and fingerprint) with the same components,
+    domains (in the same order) and token scope. A file given twice, or two files with identical
+    contents, is refused: its samples would be counted twice.
+    """
+    check_output_files(out)
+    merged = merge_files(list(inputs))
+    merged.save(out)
+    print_table(summary_table(merged, f"merged {len(inputs)} stats files"))
+    click.echo(f"wrote {os.fspath(out)}")

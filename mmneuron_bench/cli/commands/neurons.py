@@ -1,0 +1,526 @@
+"""``mmneuron-bench neurons``: multimodal neurons by contribution score, their ablation, editing."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+
+from mmneuron_bench.cli.options import (
+    FiniteFloatRange,
+    ModelChoice,
+    check_output_files,
+    model_options,
+    task_names,
+)
+from mmneuron_bench.console import print_table, progress
+from mmneuron_bench.errors import MMNeuronError
+from mmneuron_bench.formats.atomic import atomic_write
+from mmneuron_bench.tables import Table
+
+SHOW_TOKENS = 20  # tokens in the printed table of `find` (the JSON has all)
+SHOW_NEURONS = 3  # neurons per token in that table
+
+
+@click.group("neurons")
+def neurons() -> None:
+    """Multimodal neurons (Pan et al.): find them by contribution score, ablate them, edit them."""
+
+
+_batch_size_option = click.option(
+    "--batch-size", type=click.IntRange(min=1), default=1, show_default=True
+)
+_neurons_file_option = click.option(
+    "--neurons",
+    "neurons_path",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Neurons file written by `neurons find`.",
+)
+
+
+def _data_options(required: bool):
+    """--tasks, --include-path, --limit, --prompt, --max-new-tokens (ablate/edit: file's).
+
+    The command receives them as one keyword argument, ``data_options`` (a :class:`DataOptions`).
+    """
+    default = "" if required else " (default: the neurons file's)"
+
+    def wrap(command):
+        @functools.wraps(command)
+        def with_data(*args, task_specs, include_paths, limit, prompt, max_new_tokens, **kwargs):
+            given = DataOptions(task_specs, include_paths, limit, prompt, max_new_tokens)
+            return command(*args, data_options=given, **kwargs)
+
+        for option in reversed(
+            [
+                click.option(
+                    "--tasks",
+                    "task_specs",
+                    multiple=True,
+                    required=required,
+                    help=f"lmms-eval task(s), comma-separated or repeated{default}.",
+                ),
+                click.option(
+                    "--include-path",
+                    "include_paths",
+                    multiple=True,
+                    help=f"Extra lmms-eval task folders{default}.",
+                ),
+                click.option(
+                    "--limit",
+                    type=click.IntRange(min=1),
+                    help=f"At most N documents per task{default}.",
+                ),
+                click.option(
+                    "--prompt",
+                    help=f"One text for every image instead of the task's question{default}.",
+                ),
+                click.option(
+                    "--max-new-tokens",
+                    type=click.IntRange(min=1),
+                    default=16 if required else None,
+                    show_default=required,
+                    help=f"Tokens generated per image{default}.",
+                ),
+            ]
+        ):
+            with_data = option(with_data)
+        return with_data
+
+    return wrap
+
+
+@dataclass(frozen=True)
+class Data:
+    """Which documents are captioned or answered, and how."""
+
+    tasks: list[str]
+    include_paths: list[str]
+    limit: int | None
+    prompt: str | None
+    max_new_tokens: int
+
+
+@dataclass(frozen=True)
+class DataOptions:
+    """The data options as given on the command line (empty or None: not given)."""
+
+    task_specs: tuple[str, ...]
+    include_paths: tuple[str, ...]
+    limit: int | None
+    prompt: str | None
+    max_new_tokens: int | None
+
+    def over(self, params: dict) -> Data:
+        """The data settings ``params`` (a neurons file's), each overridden where given."""
+        tasks = task_names(self.task_specs) if self.task_specs else params.get("tasks")
+        if not tasks:
+            raise MMNeuronError("the neurons file names no tasks; give --tasks")
+        return Data(
+            tasks,
+            list(self.include_paths) or params.get("include_paths", []),
+            self.limit if self.limit is not None else params.get("limit"),
+            self.prompt if self.prompt is not None else params.get("prompt"),
+            self.max_new_tokens or params.get("max_new_tokens", 16),
+        )
+
+
+def _load(model: ModelChoice):
+    from mmneuron_bench.models.loading import model_identity
+
+    loaded = model.load()
+    return loaded, loaded.adapter.resolve(loaded.model), model_identity(loaded, model.pretrained)
+
+
+def _generate(loaded, components, data: Data, batch_size: int, activations=None):
+    """Tasks loaded, and the greedy generation of each of their samples."""
+    from mmneuron_bench.domains.tasks import domain_samples, load_tasks
+    from mmneuron_bench.neurons.generation import generate
+
+    tasks = load_tasks(data.tasks, data.include_paths)
+    samples = domain_samples(tasks, data.tasks, data.limit)
+    if not samples:
+        raise MMNeuronError(f"the tasks {', '.join(data.tasks)} have no documents")
+    generations = []
+    with progress() as bars:
+        bar = bars.add_task("generating", total=len(samples))
+        for batch in generate(
+            loaded,
+            tasks,
+            samples,
+            data.prompt,
+            data.max_new_tokens,
+            batch_size,
+            activations,
+            components,
+        ):
+            generations += batch
+            bars.advance(bar, len(batch))
+    return tasks, generations
+
+
+def _write_json(path: Path, payload: Any) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(payload, indent=1) + "\n"))
+
+
+def _load_neurons(path: Path):
+    from mmneuron_bench.formats.mask import NeuronMask
+
+    return NeuronMask.load(path)
+
+
+@neurons.command("find")
+@model_options
+@_batch_size_option
+@_data_options(required=True)
+@click.option(
+    "--top-k", type=click.IntRange(min=1), default=10, show_default=True, help="Neurons per token."
+)
+@click.option(
+    "--token",
+    "words",
+    multiple=True,
+    help="Keep only this token or word (all its tokens); repeat for several.",
+)
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Neurons file to write (mask format, *.mask.safetensors).",
+)
+@click.option(
+    "--scores",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="JSON of scores, promoted tokens and generations (default: OUT with .json).",
+)
+def find(
+    model: ModelChoice, batch_size, data_options: DataOptions, top_k, words, out, scores
+) -> None:
+    """Score every llm neuron for every generated token; keep each token's top-k neurons.
+
+    s[l, k] = a[l, k] * (W_down[l][:, k] . W_U[t]) at the position that predicts token t,
+    averaged over every position that generated t.
+    """
+    from mmneuron_bench.neurons.anatomy import down_weights, llm_component, unembedding
+    from mmneuron_bench.neurons.neurons_file import contribution_mask
+    from mmneuron_bench.neurons.scores import TokenActivations, promoted_tokens
+
+    scores = scores or _default_scores(out)
+    check_output_files(out, scores)
+    data = data_options.over({})
+    loaded, components, model_meta = _load(model)
+    tokenizer = loaded.processor.tokenizer
+    llm = llm_component(components)
+    if top_k > llm.info.layers * llm.info.width:
+        raise MMNeuronError(
+            f"--top-k {top_k} exceeds the {llm.info.layers * llm.info.width} llm neurons"
+        )
+    keep = None
+    if words:
+        keep = set()
+        for word in words:
+            ids = tokenizer.encode(word, add_special_tokens=False)
+            if not ids:
+                raise MMNeuronError(f"--token {word!r} is no token at all")
+            keep.update(ids)
+    activations = TokenActivations(llm.info, keep)
+    _, generations = _generate(loaded, components, data, batch_size, activations)
+    down = down_weights(llm)
+    unembed = unembedding(loaded).detach()
+    found = activations.top(top_k, down, unembed)
+    promoted = promoted_tokens(
+        [tuple(n) for item in found for n in item.neurons.tolist()], down, unembed
+    )
+    params = {**asdict(data), "top_k": top_k, "samples": len(generations), "only": list(words)}
+    mask = contribution_mask(components, model_meta, found, tokenizer, params)
+    _write_json(scores, _scores_json(mask, found, promoted, generations, tokenizer))
+    mask.save(out)
+    print_table(_find_table(mask, found, promoted, tokenizer, scores))
+    click.echo(f"wrote {os.fspath(out)}")
+    click.echo(f"wrote {os.fspath(scores)}")
+
+
+def _default_scores(out: Path) -> Path:
+    return out.with_suffix(".json") if out.suffix == ".safetensors" else Path(f"{out}.json")
+
+
+def _scores_json(mask, found, promoted, generations, tokenizer) -> dict:
+    texts = {}
+
+    def text(token: int) -> str:
+        if token not in texts:
+            texts[token] = tokenizer.decode([token])
+        return texts[token]
+
+    tokens = []
+    for domain, item in zip(mask.domains, found, strict=True):
+        neurons = [
+            {
+                "layer": layer,
+                "neuron": neuron,
+                "score": float(score),
+                "promotes": [text(t) for t in promoted[(layer, neuron)]],
+            }
+            for (layer, neuron), score in zip(item.neurons.tolist(), item.scores, strict=True)
+        ]
+        tokens.append(
+            {
+                "domain": domain,
+                **mask.params["tokens"][domain],
+                "count": item.count,
+                "samples": item.samples,
+                "neurons": neurons,
+            }
+        )
+    return {
+        "method": mask.method,
+        "model": mask.model,
+        "params": {k: v for k, v in mask.params.items() if k != "tokens"},
+        "score": "s[l,k] = a[l,k] * (W_down[l][:,k] . W_U[t]), mean over positions generating t",
+        "tokens": tokens,
+        "generations": [
+            {
+                "task": g.sample.task,
+                "index": g.sample.index,
+                "text": tokenizer.decode(list(g.tokens), skip_special_tokens=True),
+                "tokens": list(g.tokens),
+            }
+            for g in generations
+        ],
+    }
+
+
+def _find_table(mask, found, promoted, tokenizer, scores: Path) -> Table:
+    rows = []
+    for domain, item in list(zip(mask.domains, found, strict=True))[:SHOW_TOKENS]:
+        text = mask.params["tokens"][domain]["text"]
+        for rank, ((layer, neuron), score) in enumerate(
+            zip(item.neurons.tolist()[:SHOW_NEURONS], item.scores, strict=False)
+        ):
+            promotes = ", ".join(repr(tokenizer.decode([t])) for t in promoted[(layer, neuron)])
+            rows.append(
+                [
+                    text if rank == 0 else "",
+                    str(item.count) if rank == 0 else "",
+                    f"{layer}:{neuron}",
+                    f"{float(score):.4g}",
+                    promotes,
+                ]
+            )
+    caption = (
+        f"Top neurons per token (first {SHOW_TOKENS} tokens by count, {SHOW_NEURONS} neurons "
+        f"each; all in {scores})"
+    )
+    return Table(caption, ["token", "count", "layer:neuron", "score", "promotes"], rows)
+
+
+@neurons.command("ablate")
+@model_options
+@_batch_size_option
+@_data_options(required=False)
+@_neurons_file_option
+@click.option(
+    "--token", "words", multiple=True, help="Token (word) to test; repeat (default: every one)."
+)
+@click.option(
+    "--draws", type=click.IntRange(min=1), default=3, show_default=True, help="Random controls."
+)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option(
+    "--out", type=click.Path(dir_okay=False, path_type=Path), help="Also write the results as JSON."
+)
+def ablate(
+    model: ModelChoice,
+    batch_size,
+    data_options: DataOptions,
+    neurons_path,
+    words,
+    draws,
+    seed,
+    out,
+) -> None:
+    """Causal check: p(token) with its top-k neurons off versus k random llm neurons off.
+
+    The images are captioned or answered again (greedily, settings from the neurons file unless
+    given), and p(token) is read, teacher-forced, where the token was generated.
+    """
+    from mmneuron_bench.neurons.ablation import ablate as run_ablation
+    from mmneuron_bench.neurons.neurons_file import check_contribution_mask
+    from mmneuron_bench.neurons.tokens import resolve_token
+
+    check_output_files(out)
+    mask = _load_neurons(neurons_path)
+    loaded, components, model_meta = _load(model)
+    check_contribution_mask(mask, model_meta, str(neurons_path))
+    tokenizer = loaded.processor.tokenizer
+    domains = [resolve_token(mask, tokenizer, w) for w in words] if words else mask.domains
+    data = data_options.over(mask.params)
+    tasks, generations = _generate(loaded, components, data, batch_size)
+    results = run_ablation(
+        loaded, components, tasks, generations, mask, list(dict.fromkeys(domains)), draws, seed,
+        batch_size,
+    )  # fmt: skip
+    missing = sorted(set(domains) - {r.domain for r in results})
+    print_table(_ablation_table(mask, results, draws, seed))
+    if missing:
+        click.echo(f"not generated this time, so not tested: {', '.join(missing)}")
+    if out is not None:
+        _write_json(
+            out,
+            {
+                "neurons": os.fspath(neurons_path),
+                "data": asdict(data),
+                "draws": draws,
+                "seed": seed,
+                "tokens": [
+                    {**asdict(r), "text": mask.params["tokens"][r.domain]["text"]} for r in results
+                ],
+                "not_generated": missing,
+            },
+        )
+        click.echo(f"wrote {os.fspath(out)}")
+
+
+def _ablation_table(mask, results, draws: int, seed: int) -> Table:
+    header = ["token", "neurons", "positions", "p", "top-k off", "random off", "drop top-k",
+              "drop random"]  # fmt: skip
+    rows = [
+        [
+            mask.params["tokens"][r.domain]["text"],
+            str(r.neurons),
+            str(r.positions),
+            f"{r.p_base:.4f}",
+            f"{r.p_top:.4f}",
+            f"{r.p_random:.4f}",
+            f"{r.p_base - r.p_top:+.4f}",
+            f"{r.p_base - r.p_random:+.4f}",
+        ]
+        for r in results
+    ]
+    caption = (
+        "p(token) where it was generated, with neurons switched off (random: mean of "
+        f"{draws} draw(s) of as many other llm neurons, seed {seed})"
+    )
+    return Table(caption, header, rows)
+
+
+@neurons.command("edit")
+@model_options
+@_batch_size_option
+@_data_options(required=False)
+@_neurons_file_option
+@click.option("--source", required=True, help="Token (word) whose top neurons are edited.")
+@click.option("--target", required=True, help="Token (word, exactly one token) to move them to.")
+@click.option(
+    "--strength",
+    type=FiniteFloatRange(),
+    default=1.0,
+    show_default=True,
+    help="Share of each neuron's source-direction output moved to the target (see docs).",
+)
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Edit file to write (*.edit.safetensors).",
+)
+@click.option(
+    "--report",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Measure the edit on the data (before vs after) and write the numbers as JSON.",
+)
+def edit(
+    model: ModelChoice,
+    batch_size,
+    data_options: DataOptions,
+    neurons_path,
+    source,
+    target,
+    strength,
+    out,
+    report,
+) -> None:
+    """Move the output weights of SOURCE's top neurons from its unembedding toward TARGET's.
+
+    Writes a small edit file that applies to the model and is removed exactly (for `run` and
+    lmms-eval's model_args edit=FILE). With --report, the edit is measured on the neurons
+    file's data.
+    """
+    from mmneuron_bench.formats.common import sha256_file
+    from mmneuron_bench.neurons.editing import compute_edit, edit_effects
+    from mmneuron_bench.neurons.neurons_file import check_contribution_mask
+    from mmneuron_bench.neurons.tokens import resolve_token, single_token
+
+    check_output_files(out, report)
+    mask = _load_neurons(neurons_path)
+    loaded, components, model_meta = _load(model)
+    check_contribution_mask(mask, model_meta, str(neurons_path))
+    tokenizer = loaded.processor.tokenizer
+    domain = resolve_token(mask, tokenizer, source)
+    target_id = single_token(tokenizer, target)
+    extra = {"neurons_file": sha256_file(neurons_path)}
+    weight_edit = compute_edit(
+        loaded, components, model_meta, mask, domain, target_id, strength, extra
+    )
+    weight_edit.save(out)
+    print_table(_edit_table(weight_edit))
+    click.echo(f"wrote {os.fspath(out)}")
+    if report is None:
+        return
+    data = data_options.over(mask.params)
+    tasks, generations = _generate(loaded, components, data, batch_size)
+    effects = edit_effects(
+        loaded, tasks, generations, weight_edit, data.prompt, data.max_new_tokens, batch_size
+    )
+    print_table(_effects_table(effects, weight_edit))
+    _write_json(report, {"edit": weight_edit.params, "data": asdict(data), **effects})
+    click.echo(f"wrote {os.fspath(report)}")
+
+
+def _edit_table(weight_edit) -> Table:
+    p = weight_edit.params
+    rows = [
+        [
+            e.module,
+            str(len(e.columns)),
+            f"{float((e.delta.norm(dim=0) / e.original.norm(dim=0)).mean()):.3f}",
+        ]
+        for e in weight_edit.edits
+    ]
+    caption = f"Edit: {p['source']['text']!r} -> {p['target']['text']!r}, strength {p['strength']}"
+    return Table(caption, ["module", "columns", "|delta| / |w|"], rows)
+
+
+def _effects_table(effects: dict, weight_edit) -> Table:
+    source = weight_edit.params["source"]["text"]
+    target = weight_edit.params["target"]["text"]
+    s, o, n = effects["source_positions"], effects["other_positions"], effects["samples"]
+    where = f"where {source!r} was generated ({s['count']})"
+    rows = [
+        (f"p({source}) {where}", s["p_source_before"], s["p_source_after"]),
+        (f"p({target}) there", s["p_target_before"], s["p_target_after"]),
+        (f"argmax is {target!r} there", None, s["argmax_target_after"]),
+        (f"other positions ({o['count']}): mean |change of p(generated)|", None,
+         o["mean_abs_change_p_generated"]),
+        ("other positions: mean total variation", None, o["mean_total_variation"]),
+        ("other positions: argmax changed", None, o["argmax_changed"]),
+        (f"samples without {source!r} ({n['without_source']}): output changed", None,
+         n["without_source_output_changed"]),
+        (f"samples with {source!r} ({n['with_source']}): output changed", None,
+         n["with_source_output_changed"]),
+    ]  # fmt: skip
+    return Table(
+        "Effect of the edit (teacher-forced on the unedited outputs)",
+        ["measure", "before", "after"],
+        [[name, _fmt(before), _fmt(after)] for name, before, after in rows],
+    )
+
+
+def _fmt(value: float | None) -> str:
+    return "" if value is None else f"{value:.4f}"

@@ -1,0 +1,97 @@
+"""``mmneuron-bench record``: activation statistics of a model over domains of lmms-eval tasks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from mmneuron_bench.cli.options import (
+    ModelChoice,
+    check_output_files,
+    domain_definitions,
+    model_options,
+)
+from mmneuron_bench.console import print_table, progress
+from mmneuron_bench.formats.stats import ActivationStats, merge, summary_table
+
+
+def _distributed_shard():
+    """This process's shard under ``accelerate launch`` (a single shard otherwise)."""
+    from accelerate import PartialState
+
+    from mmneuron_bench.recording.run import Shard
+
+    state = PartialState()
+    return state, Shard(state.process_index, state.num_processes)
+
+
+def _all_reduce(stats: ActivationStats) -> ActivationStats:
+    """Sum every process's counts (each process recorded a disjoint shard)."""
+    import torch.distributed as dist
+
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, stats)
+    return merge(gathered)
+
+
+@click.command()
+@model_options
+@click.option(
+    "--domain",
+    "domain_specs",
+    multiple=True,
+    required=True,
+    help="NAME=TASK[,TASK...]: a domain and its lmms-eval tasks (repeat per domain).",
+)
+@click.option(
+    "--include-path", "include_paths", multiple=True, help="Extra lmms-eval task folders."
+)
+@click.option("--limit", type=click.IntRange(min=1), help="At most N documents per task.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option(
+    "--token-scope",
+    type=click.Choice(["all", "image", "text"]),
+    default="all",
+    show_default=True,
+    help="Language-model positions counted.",
+)
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Output FILE.stats.safetensors.",
+)
+@click.option("--resume", is_flag=True, help="Continue an interrupted run from its checkpoint.")
+def record(
+    model: ModelChoice, domain_specs, include_paths, limit, batch_size, token_scope, out, resume
+) -> None:
+    """Count, per neuron and domain, the tokens on which its activation is > 0."""
+    from mmneuron_bench.recording.run import Recording, RecordPlan
+
+    plan = RecordPlan(
+        model.pretrained, domain_definitions(domain_specs), list(include_paths), limit, token_scope
+    )
+    check_output_files(out)
+    state, shard = _distributed_shard()
+    on_cuda = shard.world > 1 and model.device.startswith("cuda")
+    loaded = model.load(device=str(state.device) if on_cuda else None)
+    recording = Recording(loaded, plan, shard)
+    total = sum(len(s) for s in recording.samples.values())
+    with progress(disable=shard.rank != 0) as bars:
+        bar = bars.add_task("recording", total=total)
+
+        def advance(domain: str, n: int) -> None:
+            bars.update(bar, advance=n, description=domain)
+
+        stats = recording.run(out, batch_size=batch_size, resume=resume, on_batch=advance)
+    if shard.world > 1:
+        stats = _all_reduce(stats)
+    if shard.rank == 0:
+        stats.save(out)
+        print_table(summary_table(stats, "recorded"))
+        click.echo(f"wrote {out}")
+    state.wait_for_everyone()
+    from mmneuron_bench.recording.run import checkpoint_path
+
+    checkpoint_path(out, plan.digest(recording.model_meta), shard).unlink(missing_ok=True)

@@ -1,0 +1,1 @@
+"""Domains are lmms-eval tasks: finding them, listing them, reading their documents."""

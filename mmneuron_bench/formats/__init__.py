@@ -1,0 +1,1 @@
+"""The files users keep (stats, masks, edits) and the outputs written beside them."""

@@ -1,0 +1,1 @@
+"""Interventions: changes to a loaded model around each task or document."""

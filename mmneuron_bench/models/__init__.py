@@ -1,0 +1,1 @@
+"""The adapter interface: components, model adapters, loading, hooks."""

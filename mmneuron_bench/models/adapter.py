@@ -1,0 +1,270 @@
+"""The adapter interface: what mmneuron-bench needs to know about one model family.
+
+An adapter is declarative where it can be: a table of :class:`ComponentSpec` (module paths,
+most often built by the factories of :mod:`mmneuron_bench.models.components`), resolved
+against the loaded model so that a path that moved between transformers releases fails
+loudly, naming itself, instead of silently recording nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from mmneuron_bench.errors import AdapterError
+from mmneuron_bench.models.components import ROLES, ComponentInfo, ComponentSpec
+
+# Token roles of one position of the language model's input.
+PAD, TEXT, IMAGE = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class Component:
+    """A resolved component: its description, the activation module of each layer and the
+    output projection (``nn.Linear`` reading the neurons) of each layer."""
+
+    info: ComponentInfo
+    spec: ComponentSpec
+    modules: tuple[nn.Module, ...]
+    outputs: tuple[nn.Linear, ...]
+    unused_layers: tuple[int, ...] = ()
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    @property
+    def role(self) -> str:
+        return self.info.role
+
+    def module_path(self, layer: int) -> str:
+        """Path of the activation module of ``layer``."""
+        return self.spec.path(self.spec.activation, layer)
+
+    def output_path(self, layer: int) -> str:
+        """Path of the output projection of ``layer``."""
+        return self.spec.path(self.spec.output, layer)
+
+
+@dataclass(frozen=True)
+class LanguageModelParts:
+    """The pieces of the language model that hidden-state and logit-lens analyses need."""
+
+    layers: nn.ModuleList
+    final_norm: nn.Module
+    lm_head: nn.Module
+
+
+@dataclass
+class LoadedModel:
+    adapter: ModelAdapter
+    model: nn.Module
+    processor: Any
+
+
+def real_positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """``attention_mask.cumsum(-1) - 1`` (clamped at 0): positions that skip padding."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def get_module(model: nn.Module, path: str, adapter: str, what: str) -> nn.Module:
+    """``model.get_submodule(path)`` with an error that names the adapter and the path."""
+    try:
+        return model.get_submodule(path)
+    except AttributeError:
+        found = ""
+        parts = path.split(".")
+        for end in range(len(parts), 0, -1):
+            prefix = ".".join(parts[:end])
+            try:
+                model.get_submodule(prefix)
+            except AttributeError:
+                continue
+            found = f"; '{prefix}' exists but has no '{parts[end]}'"
+            break
+        raise AdapterError(
+            f"adapter {adapter!r}: {what} module '{path}' not found in "
+            f"{type(model).__name__}{found}"
+        ) from None
+
+
+class ModelAdapter:
+    """Base class of model adapters; subclass it and register an instance from a plugin.
+
+    Subclasses set the class attributes and override methods where the family differs.
+    """
+
+    name: ClassVar[str]
+    model_types: ClassVar[tuple[str, ...]] = ()
+    architectures: ClassVar[tuple[str, ...]] = ()
+    model_class: ClassVar[str]
+    # The lmms-eval model that runs this family; None when lmms-eval has none (then the
+    # adapter serves recording and analyses, and evaluation names its own base model).
+    lmms_eval_model: ClassVar[str | None] = None
+    components: ClassVar[tuple[ComponentSpec, ...]]
+    decoder_layers: ClassVar[str]
+    final_norm: ClassVar[str]
+    lm_head: ClassVar[str]
+
+    def validate(self) -> None:
+        """Fail early on an adapter class that is missing a declaration."""
+        required = ("name", "model_class", "components", "decoder_layers", "final_norm", "lm_head")
+        for attr in required:
+            if not getattr(self, attr, None):
+                raise TypeError(f"{type(self).__name__} does not set {attr!r}")
+        if not (self.model_types or self.architectures):
+            raise TypeError(f"{type(self).__name__} sets neither model_types nor architectures")
+        for spec in self.components:
+            if spec.role not in ROLES:
+                raise TypeError(f"component {spec.name!r} has unknown role {spec.role!r}")
+
+    def handles(self, config: Any) -> bool:
+        """Whether this adapter understands a model with this transformers config."""
+        if getattr(config, "model_type", None) in self.model_types:
+            return True
+        return bool(set(getattr(config, "architectures", None) or ()) & set(self.architectures))
+
+    def model_cls(self) -> type:
+        import transformers
+
+        return getattr(transformers, self.model_class)
+
+    def load(
+        self, pretrained: str, dtype: str | torch.dtype = "auto", device: str = "cpu"
+    ) -> LoadedModel:
+        """Load model and processor through ``from_pretrained`` (local path or hub id)."""
+        import transformers
+
+        model = self.model_cls().from_pretrained(pretrained, dtype=dtype).to(device).eval()
+        processor = transformers.AutoProcessor.from_pretrained(pretrained)
+        return LoadedModel(self, model, processor)
+
+    def skeleton(self, config: Any) -> nn.Module:
+        """The model built on the meta device: its modules without loading any weights."""
+        with torch.device("meta"):
+            return self.model_cls()._from_config(config)
+
+    def resolve(self, model: nn.Module) -> list[Component]:
+        """Resolve every component's modules; a missing path raises :class:`AdapterError`."""
+        return [self._resolve_one(model, spec) for spec in self.components]
+
+    def _resolve_one(self, model: nn.Module, spec: ComponentSpec) -> Component:
+        if spec.layers is None:
+            n_layers = 1
+        else:
+            n_layers = len(get_module(model, spec.layers, self.name, f"{spec.name} layer list"))
+
+        def modules(relative: str, what: str, linear: bool = True) -> list:
+            found = []
+            for i in range(n_layers):
+                path = spec.path(relative, i)
+                module = get_module(model, path, self.name, f"{spec.name} {what}")
+                if linear and not isinstance(module, nn.Linear):
+                    raise AdapterError(
+                        f"adapter {self.name!r}: {spec.name} {what} '{path}' is a "
+                        f"{type(module).__name__}, not an nn.Linear"
+                    )
+                found.append(module)
+            return found
+
+        activations = modules(spec.activation, "activation", linear=False)
+        widths = {linear.out_features for linear in modules(spec.width, "width")}
+        outputs = modules(spec.output, "output projection")
+        if len(widths) != 1:
+            raise AdapterError(f"adapter {self.name!r}: layers of {spec.name!r} differ in width")
+        width = widths.pop()
+        for layer, linear in enumerate(outputs):
+            if linear.in_features != width:
+                raise AdapterError(
+                    f"adapter {self.name!r}: output projection '{spec.path(spec.output, layer)}' "
+                    f"reads {linear.in_features} features, not the {width} neurons"
+                )
+        info = ComponentInfo(spec.name, spec.role, n_layers, width)
+        unused = self.unused_layers(model, spec, n_layers)
+        return Component(info, spec, tuple(activations), tuple(outputs), unused)
+
+    def unused_layers(
+        self, model: nn.Module, spec: ComponentSpec, n_layers: int
+    ) -> tuple[int, ...]:
+        """Layers of a component whose output the model never uses (none by default)."""
+        return ()
+
+    def language_model(self, model: nn.Module) -> LanguageModelParts:
+        """Decoder layers, final norm and LM head of the language model."""
+        return LanguageModelParts(
+            get_module(model, self.decoder_layers, self.name, "decoder layers"),
+            get_module(model, self.final_norm, self.name, "final norm"),
+            get_module(model, self.lm_head, self.name, "LM head"),
+        )
+
+    def image_token_id(self, model: nn.Module) -> int:
+        """Id of the placeholder token the processor expands into image positions."""
+        config = model.config
+        token = getattr(config, "image_token_id", None)
+        if token is None:
+            token = getattr(config, "image_token_index", None)
+        if token is None:
+            raise AdapterError(f"adapter {self.name!r}: the model config has no image_token_id")
+        return int(token)
+
+    def token_roles(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Role of every language-model input position: PAD, TEXT or IMAGE ([batch, seq])."""
+        input_ids = inputs["input_ids"]
+        roles = torch.full_like(input_ids, TEXT)
+        roles[input_ids == self.image_token_id(model)] = IMAGE
+        attention = inputs.get("attention_mask")
+        if attention is not None:
+            roles[attention == 0] = PAD
+        return roles
+
+    def positions(
+        self, model: nn.Module, inputs: dict[str, torch.Tensor], token_scope: str = "all"
+    ) -> dict[str, torch.Tensor | None]:
+        """Real positions per :attr:`ComponentSpec.positions` kind (None: every position).
+
+        ``token_scope`` (``all``, ``image`` or ``text``) narrows the language model's
+        positions; vision and connector components see image features only.
+        """
+        roles = self.token_roles(model, inputs)
+        wanted = {"all": roles != PAD, "image": roles == IMAGE, "text": roles == TEXT}
+        if token_scope not in wanted:
+            raise ValueError(f"token scope must be all, image or text, not {token_scope!r}")
+        kinds: dict[str, torch.Tensor | None] = {"all": None, "llm": wanted[token_scope]}
+        if "qformer_attention_mask" in inputs:
+            kinds["qformer_text"] = inputs["qformer_attention_mask"].bool()
+        return kinds
+
+    def position_ids(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """Position ids that make a padded sample see exactly the positions it has alone.
+
+        The default skips padding wherever it sits (left, or between image and text):
+        ``attention_mask.cumsum(-1) - 1``. A family whose model computes padding-aware
+        positions itself (Qwen's 3-D rotary positions) returns None: pass nothing.
+        """
+        return real_positions(inputs["attention_mask"])
+
+    def forward_kwargs(self, inputs: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """The model's keyword arguments for a forward of ``inputs``: the inputs, plus the
+        padding-invariant :meth:`position_ids` where the family needs them."""
+        positions = self.position_ids(inputs)
+        return dict(inputs) if positions is None else {**inputs, "position_ids": positions}
+
+    def format_prompt(self, processor: Any, question: str) -> str:
+        """The text given to the processor for one image and one question.
+
+        Uses the processor's chat template when it has one, as lmms-eval's models do.
+        """
+        if getattr(processor, "chat_template", None):
+            content = [{"type": "image"}, {"type": "text", "text": question}]
+            messages = [{"role": "user", "content": content}]
+            return processor.apply_chat_template(messages, add_generation_prompt=True)
+        image_token = getattr(processor, "image_token", "<image>")
+        return f"{image_token}\n{question}"
+
+    def build_inputs(self, processor: Any, images: list, questions: list[str]) -> dict:
+        """Processor inputs for a batch of one image and one question per sample."""
+        texts = [self.format_prompt(processor, q) for q in questions]
+        return processor(images=images, text=texts, padding=True, return_tensors="pt")

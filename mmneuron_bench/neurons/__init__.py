@@ -1,0 +1,1 @@
+"""Multimodal neurons (Pan et al.): contribution scores, ablation, knowledge editing."""

@@ -1,0 +1,1 @@
+"""The plugin core: hook specifications and the registry that loads plugins."""

@@ -1,0 +1,163 @@
+"""Recording activation statistics of a model over domains of lmms-eval documents.
+
+Each domain's samples are run through the model's prefill in batches of one domain, with
+:class:`~mmneuron_bench.recording.ActivationRecorder` hooks counting on the device. The
+run writes a checkpoint (an ordinary stats file whose ``samples`` say how far each domain
+got) so that ``resume`` continues without counting a sample twice. Under ``accelerate
+launch`` every process takes every W-th sample and the counts are summed at the end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from mmneuron_bench.domains.tasks import Sample, domain_samples, load_tasks, sample_content
+from mmneuron_bench.errors import MMNeuronError
+from mmneuron_bench.formats.stats import ActivationStats, stats_mismatch
+from mmneuron_bench.models.adapter import LoadedModel
+from mmneuron_bench.models.loading import model_identity
+from mmneuron_bench.recording.recorder import ActivationRecorder
+
+CHECKPOINT_SECONDS = 60.0
+
+
+@dataclass
+class RecordPlan:
+    """What is recorded; two runs with the same plan count the same samples in the same order."""
+
+    pretrained: str
+    domains: dict[str, list[str]]
+    include_paths: list[str] = field(default_factory=list)
+    limit: int | None = None
+    token_scope: str = "all"
+
+    def digest(self, model: dict) -> str:
+        text = json.dumps({"plan": asdict(self), "model": model}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Shard:
+    rank: int = 0
+    world: int = 1
+
+
+def checkpoint_path(out: Path, digest: str, shard: Shard) -> Path:
+    return out.with_name(f"{out.name}.{digest}.rank{shard.rank}-of-{shard.world}.partial")
+
+
+def _start(
+    out: Path, digest: str, shard: Shard, resume: bool, fresh: ActivationStats
+) -> ActivationStats:
+    """The stats to continue from: this shard's checkpoint when resuming, else zeros.
+
+    Resuming is refused when a checkpoint of another run (settings, model or number of
+    processes) lies beside ``out``; another shard of this run may have one while this one
+    has none yet (it was stopped before its first save) and then starts from zero.
+    """
+    checkpoint = checkpoint_path(out, digest, shard)
+    if not resume:
+        return fresh
+    if checkpoint.exists():
+        saved = ActivationStats.load(checkpoint)
+        problem = stats_mismatch(fresh, saved, "this run", "the checkpoint")
+        if problem:
+            raise MMNeuronError(f"cannot resume from {checkpoint}: {problem}")
+        return saved
+    this_run = {checkpoint_path(out, digest, Shard(r, shard.world)) for r in range(shard.world)}
+    others = sorted(p for p in out.parent.glob(f"{out.name}.*.partial") if p not in this_run)
+    if others:
+        raise MMNeuronError(
+            f"cannot resume: {others[0]} was recorded with other settings, model or "
+            "number of processes"
+        )
+    return fresh
+
+
+class Recording:
+    """One record run: the plan, the loaded model and the shard this process takes."""
+
+    def __init__(self, loaded: LoadedModel, plan: RecordPlan, shard: Shard = Shard()):
+        self.loaded = loaded
+        self.plan = plan
+        self.shard = shard
+        self.components = loaded.adapter.resolve(loaded.model)
+        self.model_meta = model_identity(loaded, plan.pretrained)
+        task_names = [t for tasks in plan.domains.values() for t in tasks]
+        self.tasks = load_tasks(task_names, plan.include_paths)
+        self.samples = {
+            domain: domain_samples(self.tasks, names, plan.limit)[shard.rank :: shard.world]
+            for domain, names in plan.domains.items()
+        }
+        for domain, samples in self.samples.items():
+            if not samples and shard.world == 1:
+                raise MMNeuronError(f"domain {domain!r} has no documents")
+
+    def empty_stats(self) -> ActivationStats:
+        components = {c.name: c.info for c in self.components}
+        return ActivationStats.empty(
+            list(self.plan.domains), components, self.model_meta, self.plan.token_scope
+        )
+
+    def run(
+        self,
+        out: Path,
+        batch_size: int = 1,
+        resume: bool = False,
+        on_batch: Callable[[str, int], None] | None = None,
+    ) -> ActivationStats:
+        """Record this shard; returns its stats (checkpointed to disk as it goes)."""
+        digest = self.plan.digest(self.model_meta)
+        checkpoint = checkpoint_path(out, digest, self.shard)
+        stats = _start(out, digest, self.shard, resume, self.empty_stats())
+        device = next(self.loaded.model.parameters()).device
+        recorder = ActivationRecorder(self.components, len(stats.domains), device)
+        last_save = time.monotonic()
+        with recorder.hooks():
+            for d, domain in enumerate(stats.domains):
+                todo = self.samples[domain][stats.samples[domain] :]
+                for start in range(0, len(todo), batch_size):
+                    batch = todo[start : start + batch_size]
+                    self._forward(recorder, d, batch)
+                    stats.samples[domain] += len(batch)
+                    if on_batch:
+                        on_batch(domain, len(batch))
+                    if time.monotonic() - last_save > CHECKPOINT_SECONDS:
+                        self._fold(recorder, stats).save(checkpoint)
+                        last_save = time.monotonic()
+                if todo:
+                    self._fold(recorder, stats).save(checkpoint)
+                    last_save = time.monotonic()
+        return self._fold(recorder, stats)
+
+    def _forward(self, recorder: ActivationRecorder, domain: int, batch: list[Sample]) -> None:
+        adapter, model = self.loaded.adapter, self.loaded.model
+        contents = [sample_content(self.tasks, s) for s in batch]
+        inputs = adapter.build_inputs(
+            self.loaded.processor, [c[0] for c in contents], [c[1] for c in contents]
+        )
+        inputs = inputs.to(next(model.parameters()).device).to(model.dtype)
+        recorder.set_batch(domain, adapter.positions(model, inputs, self.plan.token_scope))
+        with torch.inference_mode():
+            model(**adapter.forward_kwargs(inputs))
+
+    @staticmethod
+    def _fold(recorder: ActivationRecorder, stats: ActivationStats) -> ActivationStats:
+        """``stats`` (counts before this run) plus what the recorder has counted since."""
+        return ActivationStats(
+            domains=stats.domains,
+            components=stats.components,
+            model=stats.model,
+            token_scope=stats.token_scope,
+            samples=dict(stats.samples),
+            active={c: stats.active[c] + recorder.active[c].cpu() for c in stats.components},
+            tokens={c: stats.tokens[c] + recorder.tokens[c].cpu() for c in stats.components},
+            sum={c: stats.sum[c] + recorder.sum[c].cpu() for c in stats.components},
+        )

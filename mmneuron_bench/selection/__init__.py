@@ -1,0 +1,1 @@
+"""Selecting neurons from statistics (DAPE) and drawing random controls."""

@@ -1,0 +1,67 @@
+"""Files written by release 0.1.0 load, and today's code recomputes them exactly.
+
+``tests/data/release-0.1.0/`` holds what the 0.1.0 commands wrote on the shipped miniature
+model (``record`` on two synthetic domains, ``select --top-rate 0.1``, ``neurons find`` and
+``neurons edit``). Each file is loaded with today's readers and compared with the same
+command run again now: the counts, the selection, the neurons and the edit are identical.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from click.testing import CliRunner
+
+from mmneuron_bench.cli import build_cli
+from mmneuron_bench.formats.edit import WeightEdit
+from mmneuron_bench.formats.mask import NeuronMask
+from mmneuron_bench.formats.stats import ActivationStats
+from mmneuron_bench.selection.dape import dape_mask
+from mmneuron_bench.synthetic.mini_model import MINI_MODEL_DIR
+
+RELEASE = Path(__file__).parent / "data" / "release-0.1.0"
+MODEL = ["--pretrained", str(MINI_MODEL_DIR)]
+
+
+def _cli(*args: str) -> None:
+    result = CliRunner().invoke(build_cli(), list(args))
+    assert result.exit_code == 0, result.output
+
+
+def test_stats_are_recounted_exactly_and_select_the_same_mask(tmp_path):
+    old = ActivationStats.load(RELEASE / "legacy.stats.safetensors")
+    out = tmp_path / "now.stats.safetensors"
+    _cli("record", *MODEL, "--domain", "common=mmneuron_synth_common_train",
+         "--domain", "documents=mmneuron_synth_documents_train", "--limit", "6",
+         "--batch-size", "3", "--out", str(out))  # fmt: skip
+    new = ActivationStats.load(out)
+    assert (new.domains, new.samples, new.model) == (old.domains, old.samples, old.model)
+    for c in old.components:
+        assert torch.equal(new.active[c], old.active[c]) and torch.equal(
+            new.tokens[c], old.tokens[c]
+        )
+        torch.testing.assert_close(new.sum[c], old.sum[c], rtol=1e-6, atol=1e-6)
+    mask = NeuronMask.load(RELEASE / "legacy.mask.safetensors")
+    again = dape_mask(old, top_rate=0.1, source=mask.source)
+    assert (again.params, again.model) == (mask.params, mask.model)
+    assert all(torch.equal(again.masks[key], mask.masks[key]) for key in mask.masks)
+
+
+def test_neurons_and_edit_are_found_and_computed_again_exactly(tmp_path):
+    neurons = tmp_path / "neurons.mask.safetensors"
+    _cli("neurons", "find", *MODEL, "--tasks", "mmneuron_synth_common_eval", "--limit", "12",
+         "--top-k", "4", "--max-new-tokens", "3", "--out", str(neurons))  # fmt: skip
+    old, new = (NeuronMask.load(p) for p in (RELEASE / "legacy-neurons.mask.safetensors", neurons))
+    assert (new.domains, new.params, new.model) == (old.domains, old.params, old.model)
+    assert all(torch.equal(new.masks[key], old.masks[key]) for key in old.masks)
+
+    edit = tmp_path / "now.edit.safetensors"
+    _cli("neurons", "edit", *MODEL, "--neurons", str(RELEASE / "legacy-neurons.mask.safetensors"),
+         "--source", "red", "--target", "blue", "--strength", "4", "--out", str(edit))  # fmt: skip
+    old_edit, new_edit = WeightEdit.load(RELEASE / "legacy.edit.safetensors"), WeightEdit.load(edit)
+    assert (new_edit.model, new_edit.params) == (old_edit.model, old_edit.params)
+    for a, b in zip(old_edit.edits, new_edit.edits, strict=True):
+        assert a.module == b.module
+        assert all(torch.equal(x, y) for x, y in ((a.columns, b.columns), (a.original, b.original),
+                                                   (a.delta, b.delta)))  # fmt: skip
