@@ -17,8 +17,12 @@ class Blip2Adapter(ModelAdapter):
     lmms_eval_model = None  # lmms-eval 0.7.3 ships no BLIP-2 model
     components = (
         fc_mlp("vision", "vision", "vision_model.encoder.layers"),
-        qformer_ffn("qformer_query", "qformer.encoder.layer", part="intermediate_query",
-                    output="output_query"),  # fmt: skip
+        qformer_ffn(
+            "qformer_query",
+            "qformer.encoder.layer",
+            part="intermediate_query",
+            output="output_query",
+        ),  # fmt: skip
         fc_mlp("llm", "llm", f"{_OPT}.layers", mlp="", positions="llm"),  # OPT: fc1/act/fc2
     )
     decoder_layers = f"{_OPT}.layers"

@@ -15,7 +15,6 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
-
 from mmneuron_bench import Intervention, InterventionKind, NeuronMask, hookimpl
 
 
