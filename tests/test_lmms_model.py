@@ -205,11 +205,10 @@ def test_mmneuron_is_an_lmms_eval_model():
 def test_llava_hf_imports_without_decord_and_the_stand_in_is_gone_afterwards():
     import importlib.util
 
-    if importlib.util.find_spec("decord") is not None:
-        pytest.skip("decord is installed here")
+    assert importlib.util.find_spec("decord") is None  # the lock installs no decord
     module = sys.modules[import_base("llava_hf").__module__]
-    assert "decord" not in sys.modules
-    with pytest.raises(MMNeuronError, match="decord is not installed"):
+    assert "decord" not in sys.modules and "torchvision" not in sys.modules
+    with pytest.raises(MMNeuronError, match="decord or torchvision, which are not installed"):
         module.VideoReader("clip.mp4")
 
 

@@ -35,6 +35,7 @@ from mmneuron_bench.interventions.targets import AUTO, DomainChoice
 from mmneuron_bench.lmms import workarounds
 from mmneuron_bench.lmms.loglikelihood import continuation_nll
 from mmneuron_bench.models.adapter import LoadedModel, ModelAdapter
+from mmneuron_bench.models.compat import video_stand_in
 from mmneuron_bench.models.loading import load_config, model_identity, pick_adapter
 from mmneuron_bench.plugins.registry import get_registry
 
@@ -90,7 +91,10 @@ class MMNeuronLMM(lmms):
         built = [*interventions, *interventions_from_args(args)]
         workarounds.check_batch_size(self.base_name, args.get("batch_size", 1))
         base_cls = workarounds.import_base(self.base_name)
-        self.base = base_cls(**workarounds.base_kwargs(base_cls, args))
+        with video_stand_in():
+            self.base = base_cls(**workarounds.base_kwargs(base_cls, args))
+        # lmms-eval builds plain or chat requests from the instance's flag: the base's.
+        self.is_simple = getattr(base_cls, "is_simple", True)
         if not isinstance(getattr(self.base, "model", None), torch.nn.Module):
             raise MMNeuronError(
                 f"lmms-eval model {self.base_name!r} exposes no transformers model (.model)"

@@ -3,8 +3,10 @@
 lmms-eval's own files are never edited. Each workaround checks the condition it fixes, so a
 release without the trap passes through untouched:
 
-- ``llava_hf`` imports ``decord`` at import time: :func:`import_base` retries the import with a
-  stand-in ``decord`` module (only while importing, only when decord is missing).
+- ``llava_hf`` and other models import ``decord`` or ``torchvision`` at import time, and
+  ``qwen_vl_utils`` imports torchvision (lmms-eval then sets its reader to None):
+  :func:`import_base` imports them with stand-in modules (only while importing, only for the
+  libraries that are missing).
 - ``llava_hf`` passes ``device_map=""`` to ``from_pretrained``, which transformers 5 refuses:
   :func:`base_kwargs` sets ``device_map`` to the device in a single process.
 - ``instructblip`` returns prompt + answer on transformers 5, and both built-in bases turn a
@@ -17,6 +19,7 @@ release without the trap passes through untouched:
 from __future__ import annotations
 
 import contextlib
+import importlib.machinery
 import importlib.util
 import inspect
 import os
@@ -36,52 +39,94 @@ ECHOING_BASES = ("instructblip",)
 ONE_REQUEST_BASES = ("llava_hf", "instructblip")
 
 
-def _decord_unavailable(*_args: Any, **_kwargs: Any) -> None:
-    raise MMNeuronError("decord is not installed; video input needs it (pip install decord)")
+def _unavailable(*_args: Any, **_kwargs: Any) -> None:
+    raise MMNeuronError(
+        "this needs decord or torchvision, which are not installed here (video input)"
+    )
+
+
+def _stand_in(name: str, **attributes: Any) -> types.ModuleType:
+    """A module whose every other attribute is a function that raises :func:`_unavailable`."""
+    module = types.ModuleType(name, "Stand-in installed by mmneuron-bench: not installed here.")
+    module.__spec__ = importlib.machinery.ModuleSpec(name, None)
+    module.__dict__.update(attributes)
+    module.__getattr__ = lambda attr: _unavailable if not attr.startswith("__") else None
+    return module
+
+
+def _stand_in_modules() -> dict[str, types.ModuleType]:
+    """Stand-ins for the video libraries lmms-eval's models import at import time and that
+    are not installed here: decord, and torchvision (which does not load beside CPU torch)."""
+    from mmneuron_bench.models.compat import torchvision_missing
+
+    modules = {}
+    if importlib.util.find_spec("decord") is None:
+        modules["decord"] = _stand_in("decord", VideoReader=_unavailable, cpu=_unavailable)
+    if torchvision_missing():  # asked first: transformers caches that it has no torchvision
+        functional = _stand_in("torchvision.transforms.functional")
+        modes = types.SimpleNamespace(BICUBIC="bicubic", BILINEAR="bilinear", NEAREST="nearest")
+        transforms = _stand_in(
+            "torchvision.transforms", InterpolationMode=modes, functional=functional
+        )
+        io = _stand_in("torchvision.io")
+        modules["torchvision"] = _stand_in(
+            "torchvision", __version__="0.0.0", transforms=transforms, io=io
+        )
+        modules.update(
+            {
+                "torchvision.transforms": transforms,
+                "torchvision.transforms.functional": functional,
+                "torchvision.io": io,
+            }
+        )
+    return modules
 
 
 @contextlib.contextmanager
-def _decord_shim() -> Iterator[None]:
-    """A stand-in ``decord`` in ``sys.modules`` for the duration of an import."""
-    shim = types.ModuleType("decord", "Stand-in installed by mmneuron-bench: decord is missing.")
-    shim.VideoReader = _decord_unavailable
-    shim.cpu = _decord_unavailable
-    sys.modules["decord"] = shim
+def _stand_ins() -> Iterator[None]:
+    """The stand-in modules in ``sys.modules`` for the duration of an import."""
+    modules = {k: v for k, v in _stand_in_modules().items() if k not in sys.modules}
+    sys.modules.update(modules)
     try:
         yield
     finally:
-        if sys.modules.get("decord") is shim:
-            del sys.modules["decord"]
+        for name, module in modules.items():
+            if sys.modules.get(name) is module:
+                del sys.modules[name]
+
+
+# Modules an lmms-eval model imports optionally (turning a failed import into None and failing at
+# the first request): imported under the stand-ins before the model, so they are real.
+_OPTIONAL_IMPORTS = ("qwen_vl_utils",)
 
 
 def import_base(name: str) -> type:
-    """The simple (non-chat) lmms-eval model class ``name``, importable without decord."""
+    """The lmms-eval model class ``name`` (its simple class, else its chat class), importable
+    without decord and torchvision: their stand-ins exist only while it is imported."""
     from lmms_eval.models import MODEL_REGISTRY_V2
 
     try:
-        MODEL_REGISTRY_V2.resolve(name, force_simple=True)
+        MODEL_REGISTRY_V2.resolve(name)
     except ValueError:
         raise MMNeuronError(f"unknown lmms-eval model {name!r} (base=)") from None
-    try:
-        cls = MODEL_REGISTRY_V2.get_model_class(name, force_simple=True)
-    except ModuleNotFoundError as exc:
-        if exc.name != "decord" or importlib.util.find_spec("decord") is not None:
-            raise
-        with _decord_shim():
-            cls = MODEL_REGISTRY_V2.get_model_class(name, force_simple=True)
-    if not getattr(cls, "is_simple", True):
-        raise MMNeuronError(
-            f"lmms-eval model {name!r} has a chat implementation only; mmneuron wraps simple models"
-        )
-    return cls
+    with _stand_ins():
+        for module in _OPTIONAL_IMPORTS:
+            if module not in sys.modules and importlib.util.find_spec(module) is not None:
+                importlib.import_module(module)
+        try:
+            return MODEL_REGISTRY_V2.get_model_class(name, force_simple=True)
+        except ValueError:
+            return MODEL_REGISTRY_V2.get_model_class(name)
 
 
 def base_kwargs(cls: type, args: dict[str, Any]) -> dict[str, Any]:
     """The keyword arguments the base is built with: ``args`` plus the ``device_map`` fix.
 
-    In a single process, a base whose ``device_map`` defaults to ``""`` gets the device
-    instead (under ``accelerate launch`` llava_hf sets the per-process device itself).
-    ``max_batch_size`` (added by lmms-eval's CLI) is dropped unless the base takes it.
+    In a single process, a base whose ``device_map`` defaults to ``""`` (refused by
+    transformers 5), ``"auto"`` or ``"cuda"`` (both send inputs to CUDA on a CPU machine) gets
+    the device instead, unless a ``device_map`` is given (under ``accelerate launch`` the
+    bases set the per-process device themselves). ``max_batch_size`` (added by lmms-eval's
+    CLI) is dropped unless the base takes it.
     """
     params = inspect.signature(cls.__init__).parameters
     out = dict(args)
@@ -89,7 +134,7 @@ def base_kwargs(cls: type, args: dict[str, Any]) -> dict[str, Any]:
         out.pop("max_batch_size", None)
     single = int(os.environ.get("WORLD_SIZE", "1")) == 1
     device_map = params.get("device_map")
-    if single and device_map is not None and device_map.default in ("", None):
+    if single and device_map is not None and device_map.default in ("", None, "auto", "cuda"):
         if "device_map" not in out or out["device_map"] in ("", None):
             device = out.get("device", params["device"].default if "device" in params else None)
             if device:

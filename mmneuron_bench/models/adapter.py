@@ -138,8 +138,11 @@ class ModelAdapter:
         """Load model and processor through ``from_pretrained`` (local path or hub id)."""
         import transformers
 
+        from mmneuron_bench.models.compat import video_stand_in
+
         model = self.model_cls().from_pretrained(pretrained, dtype=dtype).to(device).eval()
-        processor = transformers.AutoProcessor.from_pretrained(pretrained)
+        with video_stand_in():
+            processor = transformers.AutoProcessor.from_pretrained(pretrained)
         return LoadedModel(self, model, processor)
 
     def skeleton(self, config: Any) -> nn.Module:
