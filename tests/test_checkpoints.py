@@ -17,7 +17,8 @@ from transformers import (
 )
 
 from mmneuron_bench.synthetic.tokenizers import EOS_ID, IMAGE_ID, PAD_ID
-from mmneuron_bench.testing import TINY_CHECKPOINTS, tiny_image
+from mmneuron_bench.testing import tiny_image
+from mmneuron_bench.testing.families import families
 
 MODEL_CLASSES = {
     "llava_next": LlavaNextForConditionalGeneration,
@@ -36,7 +37,7 @@ PROMPTS = {
 }
 # g = 32 px / patch 8 = 4: LLaVA-NeXT g*g + g*(g+1), LLaVA g*g, InstructBLIP num_query_tokens.
 IMAGE_TOKENS = {"llava_next": 36, "llava": 16, "instructblip": 6}
-FAMILIES = sorted(TINY_CHECKPOINTS)
+FAMILIES = sorted(MODEL_CLASSES)
 
 
 def _load(path, family):
@@ -121,8 +122,8 @@ def test_components_have_distinct_shapes(tiny_checkpoint_dir, family):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_builds_are_deterministic(tmp_path, family):
     state = torch.random.get_rng_state()
-    first = TINY_CHECKPOINTS[family](tmp_path / "first")
-    second = TINY_CHECKPOINTS[family](tmp_path / "second")
+    first = families()[family].build(tmp_path / "first")
+    second = families()[family].build(tmp_path / "second")
     assert torch.equal(torch.random.get_rng_state(), state)
     files = sorted(f.relative_to(first) for f in first.rglob("*") if f.is_file())
     assert files == sorted(f.relative_to(second) for f in second.rglob("*") if f.is_file())

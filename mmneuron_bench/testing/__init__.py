@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from mmneuron_bench.testing.checkpoints import (
-        TINY_CHECKPOINTS,
         build_tiny_instructblip,
         build_tiny_llava,
         build_tiny_llava_next,
@@ -16,7 +15,6 @@ if TYPE_CHECKING:
     from mmneuron_bench.testing.tasks import write_tiny_task
 
 __all__ = [
-    "TINY_CHECKPOINTS",
     "build_tiny_instructblip",
     "build_tiny_llava",
     "build_tiny_llava_next",

@@ -69,9 +69,11 @@ WORDS = (
 )
 
 
-def tiny_image(seed: int, size: int = IMAGE_SIZE) -> Image.Image:
-    """A deterministic RGB noise image of `size` x `size` pixels."""
-    return Image.frombytes("RGB", (size, size), random.Random(seed).randbytes(size * size * 3))
+def tiny_image(seed: int, size: int | tuple[int, int] = IMAGE_SIZE) -> Image.Image:
+    """A deterministic RGB noise image of ``size`` (pixels a side, or ``(width, height)``)."""
+    width, height = (size, size) if isinstance(size, int) else size
+    pixels = random.Random(seed).randbytes(width * height * 3)
+    return Image.frombytes("RGB", (width, height), pixels)
 
 
 def _qformer_tokenizer() -> PreTrainedTokenizerFast:
@@ -223,10 +225,3 @@ def build_tiny_instructblip(path: str | Path) -> Path:
         return InstructBlipForConditionalGeneration(config), processor
 
     return build_and_save(path, build)
-
-
-TINY_CHECKPOINTS: dict[str, Callable[[str | Path], Path]] = {
-    "llava_next": build_tiny_llava_next,
-    "llava": build_tiny_llava,
-    "instructblip": build_tiny_instructblip,
-}

@@ -19,10 +19,10 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture(scope="session")
 def tiny_checkpoint_dir(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Every tiny checkpoint, built once per session: `{family: directory}`."""
-    from mmneuron_bench.testing.checkpoints import TINY_CHECKPOINTS
+    from mmneuron_bench.testing.families import families
 
     root = tmp_path_factory.mktemp("tiny_checkpoints")
-    return {family: build(root / family) for family, build in TINY_CHECKPOINTS.items()}
+    return {name: family.build(root / name) for name, family in families().items()}
 
 
 @pytest.fixture(scope="session")

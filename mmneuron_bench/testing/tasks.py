@@ -30,15 +30,26 @@ def process_results(doc, results):
 """
 
 
-def write_tiny_task(root: str | Path, name: str, n_docs: int = 6, seed: int = 0) -> Path:
-    """Write task folder ``root/name`` with ``n_docs`` image questions; returns the folder."""
+def write_tiny_task(
+    root: str | Path,
+    name: str,
+    n_docs: int = 6,
+    seed: int = 0,
+    image_sizes: tuple[tuple[int, int], ...] = ((32, 32),),
+) -> Path:
+    """Write task folder ``root/name`` with ``n_docs`` image questions; returns the folder.
+
+    The images take the ``(width, height)`` of ``image_sizes`` in turn.
+    """
     from datasets import Dataset, Features, Image, Value
 
     rng = random.Random(seed)
     rows = {
         "question": [rng.choice(QUESTIONS) for _ in range(n_docs)],
         "answer": [rng.choice(("yes", "no", "red", "blue", "2")) for _ in range(n_docs)],
-        "image": [tiny_image(seed * 10_000 + i) for i in range(n_docs)],
+        "image": [
+            tiny_image(seed * 10_000 + i, image_sizes[i % len(image_sizes)]) for i in range(n_docs)
+        ],
     }
     features = Features({"question": Value("string"), "answer": Value("string"), "image": Image()})
     folder = Path(root) / name
