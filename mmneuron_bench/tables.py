@@ -24,6 +24,7 @@ class Table:
     header: list[str]
     rows: list[list[str]]
     keep: int = 1
+    heat: bool = False  # cells are signed changes: the HTML report colours them
 
     def numeric(self, column: int) -> bool:
         """Whether every cell of a column is a number (``-``, ``a ± b``, ``a / b``, ``a [b, c]``

@@ -51,9 +51,9 @@ def test_quick_demo_writes_every_output_and_the_report(tmp_path):
         assert (out / "analysis" / name).is_file(), name
     page = _Page()
     page.feed((out / "report.html").read_text())
-    # The grid, the selection, one deviation table per task, one lens table per task; the
-    # three distribution figures and the lens figure, embedded.
-    assert page.tags["table"] == 2 + 2 * len(DOMAINS)
+    # The grid's values and changes, the selection, one deviation table and one lens table per
+    # task; the three distribution figures and the lens figure, embedded.
+    assert page.tags["table"] == 3 + 2 * len(DOMAINS)
     assert page.tags["img"] == 4 and all(s.startswith("data:image/png;base64,") for s in page.srcs)
     assert (out / "report.md").read_text().startswith("# mmneuron-bench report")
 

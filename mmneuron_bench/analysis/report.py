@@ -113,7 +113,12 @@ def _checked(path: Path, build: Callable, *args) -> Section:
 
 
 def _grid_json_section(path: Path, data: dict, source: Path) -> Section:
-    return _grid_section(data["cells"], data, source)
+    section = _grid_section(data["cells"], data, source)
+    header = {k: v for k, v in data.items() if k != "cells"}
+    changes = grid.grid_tables(header, data["cells"])[1]
+    if any(cell != "-" for row in changes.rows for cell in row[1:]):
+        section.blocks.append(changes)
+    return section
 
 
 def _grid_csv_sections(root: Path) -> list[Section]:
@@ -290,13 +295,30 @@ def _html_table(table: Table) -> str:
     kinds = [' class="num"' if table.numeric(i) else "" for i in range(len(table.header))]
 
     def row(tag: str, cells: list[str]) -> str:
-        return "".join(f"<{tag}{k}>{e(c)}</{tag}>" for c, k in zip(cells, kinds, strict=True))
+        return "".join(
+            f"<{tag}{k}{_heat(c) if table.heat and tag == 'td' else ''}>{e(c)}</{tag}>"
+            for c, k in zip(cells, kinds, strict=True)
+        )
 
     body = "".join(f"<tr>{row('td', cells)}</tr>" for cells in table.rows)
     return (
         f"<table><caption>{e(table.caption)}</caption><thead><tr>{row('th', table.header)}</tr>"
         f"</thead><tbody>{body}</tbody></table>"
     )
+
+
+def _heat(cell: str) -> str:
+    """A background for a signed change: red for a fall, blue for a rise, stronger for larger
+    changes (up to 0.3), and a bold border where the interval excludes 0 (``*``)."""
+    try:
+        value = float(cell.split(" ")[0])
+    except ValueError:
+        return ""
+    strength = min(abs(value) / 0.3, 1.0)
+    colour = (220, 60, 50) if value < 0 else (50, 100, 220)
+    rgba = f"rgba({colour[0]}, {colour[1]}, {colour[2]}, {0.1 + 0.6 * strength:.2f})"
+    border = "; border: 2px solid #222" if cell.rstrip().endswith("*") else ""
+    return f' style="background: {rgba}{border}"'
 
 
 def render_markdown(report: Report, base: Path) -> str:

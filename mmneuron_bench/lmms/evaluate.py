@@ -107,6 +107,20 @@ def metric_value(results: dict, task: str, metric: str) -> float:
     raise MMNeuronError(f"task {task!r} reported no metric {metric!r}")
 
 
+def document_scores(results: dict, task: str, metric: str) -> list[float] | None:
+    """The per-document values of ``metric`` (``"name"`` or ``"name,filter"``) in document
+    order, from the logged samples; None when a document's value is not a number (a metric
+    that only aggregates, such as a submission file)."""
+    name = metric.partition(",")[0]
+    samples = sorted(results.get("samples", {}).get(task, []), key=lambda s: s["doc_id"])
+    values = [s.get(name) for s in samples]
+    if not values or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in values
+    ):
+        return None
+    return [float(v) for v in values]
+
+
 def generation_settings(task_configs: dict[str, dict]) -> dict[str, Any]:
     """Each task's generation settings (None for loglikelihood tasks).
 

@@ -20,18 +20,21 @@ already written and never evaluates one twice.
 from __future__ import annotations
 
 import json
+import statistics
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mmneuron_bench.analysis.uncertainty import Change, change
 from mmneuron_bench.errors import MMNeuronError
 from mmneuron_bench.formats.mask import NeuronMask
 from mmneuron_bench.formats.outputs import write_csv
 from mmneuron_bench.formats.stats import ActivationStats
 from mmneuron_bench.interventions.targets import DomainChoice
-from mmneuron_bench.lmms.evaluate import metric_value, write_results_json
+from mmneuron_bench.lmms.evaluate import document_scores, metric_value, write_results_json
 from mmneuron_bench.selection.random import select_random_like
+from mmneuron_bench.tables import Table
 
 GRID_FORMAT = "mmneuron-grid/1"
 CSV_COLUMNS = ("module_set", "mask", "task", "domain", "metric", "value")
@@ -39,25 +42,43 @@ CSV_COLUMNS = ("module_set", "mask", "task", "domain", "metric", "value")
 
 @dataclass(frozen=True)
 class Cell:
-    """One evaluation of the grid."""
+    """One evaluation of the grid; a random cell names the seed of its mask."""
 
     module_set: str
     mask: str  # "dape" (the given mask) or "random"
     task: str
+    seed: int | None = None
+
+    @classmethod
+    def of(cls, cell: dict) -> Cell:
+        return cls(cell["module_set"], cell["mask"], cell["task"], cell.get("seed"))
+
+
+def random_seeds(header: dict, seed: int) -> list[int | None]:
+    """The seeds of the random baseline's masks: ``--random-seeds K`` gives ``seed`` to
+    ``seed + K - 1``; a grid of one random mask (the default) names no seed in its cells."""
+    count = header.get("random_seeds", 1)
+    return [None] if count == 1 else list(range(seed, seed + count))
 
 
 def plan_cells(
-    module_sets: Sequence[str], tasks: Sequence[str], baseline: str | None
+    module_sets: Sequence[str],
+    tasks: Sequence[str],
+    baseline: str | None,
+    seeds: Sequence[int | None] = (None,),
 ) -> list[Cell]:
-    """Every cell in evaluation order: the mask's rows, then the random baseline's."""
-    kinds = ["dape"] + ([baseline] if baseline else [])
-    return [
-        Cell(module_set, kind, task)
-        for kind in kinds
-        for module_set in module_sets
-        if not (kind != "dape" and module_set == "none")
-        for task in tasks
-    ]
+    """Every cell in evaluation order: the mask's rows, then the random baseline's (one set of
+    rows per seed)."""
+    cells = [Cell(s, "dape", t) for s in module_sets for t in tasks]
+    if baseline:
+        cells += [
+            Cell(s, baseline, t, seed)
+            for seed in seeds
+            for s in module_sets
+            if s != "none"
+            for t in tasks
+        ]
+    return cells
 
 
 def row_label(module_set: str, mask: str) -> str:
@@ -89,10 +110,15 @@ def grid_tasks(
 
 
 def grid_header(
-    model: dict, mask_ref: dict, baseline: str | None, tasks: dict, module_sets: Sequence[str]
+    model: dict,
+    mask_ref: dict,
+    baseline: str | None,
+    tasks: dict,
+    module_sets: Sequence[str],
+    random_seeds: int = 1,
 ) -> dict:
-    """Everything in ``grid.json`` but the cells."""
-    return {
+    """Everything in ``grid.json`` but the cells (``random_seeds`` only when more than one)."""
+    header = {
         "format": GRID_FORMAT,
         "model": model,
         "mask": {"path": mask_ref["path"], "sha256": mask_ref["sha256"]},
@@ -100,6 +126,7 @@ def grid_header(
         "module_sets": list(module_sets),
         "tasks": tasks,
     }
+    return header if random_seeds == 1 else {**header, "random_seeds": random_seeds}
 
 
 def load_cells(out_dir: Path, header: dict) -> list[dict]:
@@ -149,36 +176,117 @@ def run_grid(
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     cells = load_cells(out_dir, header)
-    done = {Cell(c["module_set"], c["mask"], c["task"]) for c in cells}
+    done = {Cell.of(c) for c in cells}
+    seeds = random_seeds(header, seed)
     random_masks = {}
     if header["baseline"] == "random":
         for domain in dict.fromkeys(task["domain"] for task in header["tasks"].values()):
-            random_masks[domain] = select_random_like(mask, seed, together=domain.split("+"))
-    plan = plan_cells(header["module_sets"], list(header["tasks"]), header["baseline"])
+            for s in seeds:
+                random_masks[(domain, s)] = select_random_like(
+                    mask, seed if s is None else s, together=domain.split("+")
+                )
+    plan = plan_cells(header["module_sets"], list(header["tasks"]), header["baseline"], seeds)
     for cell in plan:
         if cell in done:
             continue
         task = header["tasks"][cell.task]
         lm.set_mask(
-            mask if cell.mask == "dape" else random_masks[task["domain"]],
+            mask if cell.mask == "dape" else random_masks[(task["domain"], cell.seed)],
             modules=cell.module_set,
             domain=task["domain"],
             mode=mode,
             stats=stats,
         )
-        value = metric_value(evaluate(cell.task), cell.task, task["metric"])
-        cells.append(
-            {
-                "module_set": cell.module_set,
-                "mask": cell.mask,
-                "task": cell.task,
-                "domain": task["domain"],
-                "metric": task["metric"],
-                "value": value,
-            }
-        )
+        results = evaluate(cell.task)
+        value = metric_value(results, cell.task, task["metric"])
+        entry = {
+            "module_set": cell.module_set,
+            "mask": cell.mask,
+            "task": cell.task,
+            "domain": task["domain"],
+            "metric": task["metric"],
+            "value": value,
+            "scores": document_scores(results, cell.task, task["metric"]),
+        }
+        cells.append(entry if cell.seed is None else {**entry, "seed": cell.seed})
         save_grid(out_dir, header, cells)
         if on_cell is not None:
             on_cell(cell, value)
     order = {cell: i for i, cell in enumerate(plan)}
-    return sorted(cells, key=lambda c: order[Cell(c["module_set"], c["mask"], c["task"])])
+    return sorted(cells, key=lambda c: order[Cell.of(c)])
+
+
+def cell_changes(cells: list[dict], seed: int = 0) -> dict[Cell, Change]:
+    """Each cell's paired change against the task's ``none`` cell (documents in the same
+    order), where both have per-document scores."""
+    none = {c["task"]: c.get("scores") for c in cells if c["module_set"] == "none"}
+    out = {}
+    for cell in cells:
+        base, scores = none.get(cell["task"]), cell.get("scores")
+        if cell["module_set"] != "none" and base and scores and len(base) == len(scores):
+            out[Cell.of(cell)] = change(base, scores, seed=seed)
+    return out
+
+
+def _mean_sd(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:+.3f}"
+    return f"{statistics.fmean(values):+.3f} ± {statistics.stdev(values):.3f}"
+
+
+def grid_tables(header: dict, cells: list[dict], seed: int = 0) -> list[Table]:
+    """The grid as tables: the metric values (random rows: mean ± sd over the seeds), then each
+    cell's change against ``none`` with its 95 % paired-bootstrap interval (``*``: the interval
+    excludes 0) and, for 0/1 scores, the exact McNemar p-value."""
+    tasks = header["tasks"]
+    seeds = random_seeds(header, seed)
+    module_sets = header["module_sets"]
+    rows = [(s, "dape") for s in module_sets]
+    if header["baseline"]:
+        rows += [(s, header["baseline"]) for s in module_sets if s != "none"]
+    by_cell = {Cell.of(c): c for c in cells}
+    changes = cell_changes(cells, seed)
+    values, shifts = [], []
+    for module_set, mask in rows:
+        value_row, change_row = [row_label(module_set, mask)], [row_label(module_set, mask)]
+        for task in tasks:
+            keys = [Cell(module_set, mask, task, s if mask != "dape" else None) for s in seeds]
+            found = [by_cell[k] for k in dict.fromkeys(keys) if k in by_cell]
+            if not found:
+                value_row.append("-")
+                change_row.append("-")
+                continue
+            numbers = [c["value"] for c in found if isinstance(c["value"], (int, float))]
+            if len(numbers) < len(found):
+                value_row.append("-")  # a metric lmms-eval could not compute
+            else:
+                value_row.append(
+                    f"{numbers[0]:.4f}" if len(numbers) == 1 else _mean_sd(numbers).lstrip("+")
+                )
+            change_row.append(_change_text([changes.get(Cell.of(c)) for c in found]))
+        values.append(value_row)
+        if module_set != "none":
+            shifts.append(change_row)
+    columns = [f"{task} ({info['domain']}, {info['metric']})" for task, info in tasks.items()]
+    title = f"{header['model']['name_or_path']}: {header['mask']['path']}"
+    caption = (
+        "change against none, 95 % paired-bootstrap interval over documents; p: exact McNemar; "
+        "* the interval excludes 0 (and p < 0.05)"
+    )
+    if len(seeds) > 1:
+        caption += "; random: mean ± sd over seeds"
+    return [
+        Table(title, ["module set", *columns], values),
+        Table(caption, ["module set", *columns], shifts, heat=True),
+    ]
+
+
+def _change_text(changes: list[Change | None]) -> str:
+    if any(c is None for c in changes):
+        return "-"
+    if len(changes) > 1:
+        return _mean_sd([c.value for c in changes])
+    c = changes[0]
+    p = "" if c.p_mcnemar is None else f" p={c.p_mcnemar:.2g}"
+    mark = " *" if c.significant else ""
+    return f"{c.value:+.3f} [{c.low:+.3f}, {c.high:+.3f}]{p}{mark}"

@@ -52,24 +52,35 @@ def demo_steps(out: Path, model_dir: str, quick: bool) -> list[tuple[str, list[s
 
 
 def findings_table(grid_json: Path) -> Table:
-    """Per eval task: accuracy with nothing off, then its change with the task's own domain
-    neurons off (DAPE) and with a random mask of the same size (random), per module set."""
+    """Per eval task (its domain) and module set: accuracy with nothing off, then its change with
+    the task's own domain neurons off (DAPE, with the 95 % paired-bootstrap interval; ``*``: the
+    interval excludes 0 and McNemar's p < 0.05) and with a random mask of the same size."""
+    from mmneuron_bench.lmms.grid import Cell, cell_changes
+
     grid = json.loads(grid_json.read_text())
     value = {(c["module_set"], c["mask"], c["task"]): c["value"] for c in grid["cells"]}
-    module_sets = [s for s in grid["module_sets"] if s != "none"]
+    changes = cell_changes(grid["cells"])
     rows = []
     for task, info in grid["tasks"].items():
         base = value[("none", "dape", task)]
-        for mask in ("dape", "random"):
-            changes = [f"{value[(s, mask, task)] - base:+.2f}" for s in module_sets]
-            first = mask == "dape"
-            rows.append([info["domain"] if first else "", mask, f"{base:.2f}" if first else ""])
-            rows[-1] += changes
+        for n, module_set in enumerate(s for s in grid["module_sets"] if s != "none"):
+            c = changes[Cell(module_set, "dape", task)]
+            mark = " *" if c.significant else ""
+            rows.append(
+                [
+                    info["domain"] if n == 0 else "",
+                    f"{base:.2f}" if n == 0 else "",
+                    module_set,
+                    f"{c.value:+.2f} [{c.low:+.2f}, {c.high:+.2f}]{mark}",
+                    f"{value[(module_set, 'random', task)] - base:+.2f}",
+                ]
+            )
     return Table(
-        "Accuracy with nothing off, and its change with the domain's neurons off",
-        ["domain", "mask", "none", *module_sets],
+        "Accuracy with nothing off, and its change with the domain's neurons off "
+        "(95 % interval; * excludes 0, and McNemar p < 0.05)",
+        ["domain", "none", "module set", "DAPE", "random"],
         rows,
-        keep=2,
+        keep=3,
     )
 
 

@@ -26,6 +26,7 @@ from mmneuron_bench.cli.options import (
 from mmneuron_bench.console import print_table, progress
 from mmneuron_bench.errors import MMNeuronError
 from mmneuron_bench.formats.outputs import file_reference
+from mmneuron_bench.interventions.targets import MODULE_SETS
 from mmneuron_bench.tables import Table
 
 MASK_OPTIONS = ("modules", "domain", "mode", "stats")
@@ -60,34 +61,18 @@ def metrics_table(results: dict, described: dict, title: str) -> Table:
     return Table(title, header, rows)
 
 
-def grid_table(header: dict, cells: list[dict]) -> Table:
-    """Rows: module sets (then the random baseline's); columns: tasks (domain, metric)."""
-    from mmneuron_bench.lmms.grid import plan_cells, row_label
-
-    tasks = header["tasks"]
-    values = {(c["module_set"], c["mask"], c["task"]): c["value"] for c in cells}
-    rows: dict[str, list[str]] = {}
-    for cell in plan_cells(header["module_sets"], list(tasks), header["baseline"]):
-        value = values.get((cell.module_set, cell.mask, cell.task))
-        rows.setdefault(row_label(cell.module_set, cell.mask), []).append(_format(value))
-    columns = [f"{task} ({info['domain']}, {info['metric']})" for task, info in tasks.items()]
-    return Table(
-        f"{header['model']['name_or_path']}: {header['mask']['path']}",
-        ["module set", *columns],
-        [[label, *row] for label, row in rows.items()],
-    )
-
-
-def _check_options(ctx: click.Context, mask, stats, mode, grid, baseline) -> None:
+def _check_options(ctx: click.Context, mask, stats, mode, grid, baseline, modules, seeds) -> None:
     """Refuse combinations that make no sense, before anything is loaded."""
     given = given_options(ctx, MASK_OPTIONS)
     if grid:
         if mask is None:
             raise OptionConflict("--grid needs --mask (the neurons to switch off)")
-        if "modules" in given:
-            raise OptionConflict("--modules does not apply to --grid, which runs every module set")
     elif baseline is not None:
         raise OptionConflict("--baseline needs --grid")
+    elif len(modules) > 1:
+        raise OptionConflict("--modules takes one module set without --grid")
+    if seeds > 1 and baseline is None:
+        raise OptionConflict("--random-seeds needs --baseline random")
     if mask is None and given:
         raise OptionConflict(f"--{sorted(given)[0]} needs --mask")
     if mode == "mean" and stats is None:
@@ -125,7 +110,7 @@ def _intervention_args(values: tuple[str, ...]) -> dict[str, str]:
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="Neuron mask (*.mask.safetensors); without it nothing is switched off.",
 )
-@module_sets_option("all", several=False)
+@module_sets_option("all", several=True)
 @domain_choice_option
 @click.option(
     "--mode",
@@ -164,12 +149,20 @@ def _intervention_args(values: tuple[str, ...]) -> dict[str, str]:
 @click.option(
     "--grid",
     is_flag=True,
-    help="Every task with its domain's neurons off, per module set none/vision/connector/llm/all.",
+    help="Every task with its domain's neurons off, per module set (default rows: "
+    "none, vision, connector, llm, all; or --modules A,B,...).",
 )
 @click.option(
     "--baseline",
     type=click.Choice(["random"]),
     help="--grid: add rows with as many random neurons per domain, component and layer.",
+)
+@click.option(
+    "--random-seeds",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="--baseline random: random masks of seeds --seed.. --seed+K-1, reported as mean ± sd.",
 )
 @click.pass_context
 def run(
@@ -191,6 +184,7 @@ def run(
     seed,
     grid,
     baseline,
+    random_seeds,
 ) -> None:
     """Evaluate lmms-eval tasks through the mmneuron model (neurons of --mask switched off).
 
@@ -198,7 +192,7 @@ def run(
     unless a task asks otherwise, and every seed is --seed, so a command gives the same
     numbers each time. Writes lmms-eval's results JSON, per-sample logs and provenance.
     """
-    _check_options(ctx, mask, stats, mode, grid, baseline)
+    _check_options(ctx, mask, stats, mode, grid, baseline, modules, random_seeds)
     plugin_args = _intervention_args(interventions)
     check_output_folder(output)
     from mmneuron_bench.domains.tasks import task_manager
@@ -236,7 +230,10 @@ def run(
         settings["interventions"] = plugin_args
     if grid:
         built = interventions_from_args(given)  # files checked before the model loads
-        grid_args = (mask, stats, domain, baseline)
+        rows = modules if "modules" in given_options(ctx, ("modules",)) else list(MODULE_SETS)
+        if random_seeds > 1:
+            settings["random_seeds"] = random_seeds
+        grid_args = (mask, stats, domain, baseline, rows, random_seeds)
         _run_grid(manager, names, model_args, built, grid_args, settings, output)
         return
     settings["modules"] = modules[0]
@@ -292,12 +289,19 @@ def _run_grid(manager, names, model_args, built, grid_args, settings, output: Pa
     from mmneuron_bench.formats.mask import NeuronMask
     from mmneuron_bench.formats.outputs import write_json
     from mmneuron_bench.formats.stats import ActivationStats
-    from mmneuron_bench.interventions.targets import MODULE_SETS
     from mmneuron_bench.lmms.evaluate import evaluate, provenance
-    from mmneuron_bench.lmms.grid import grid_header, grid_tasks, load_cells, plan_cells, run_grid
+    from mmneuron_bench.lmms.grid import (
+        grid_header,
+        grid_tables,
+        grid_tasks,
+        load_cells,
+        plan_cells,
+        random_seeds,
+        run_grid,
+    )
     from mmneuron_bench.lmms.model import MMNeuronLMM
 
-    mask, stats, domain, baseline = grid_args
+    mask, stats, domain, baseline, module_sets, seeds = grid_args
     neuron_mask = NeuronMask.load(mask)
     activation_stats = None if stats is None else ActivationStats.load(stats)
     try:
@@ -308,12 +312,13 @@ def _run_grid(manager, names, model_args, built, grid_args, settings, output: Pa
     tasks = grid_tasks({n: task_objects[n] for n in names}, neuron_mask, domain)
     _check_grid_settings(output, settings, stats)
     lm = MMNeuronLMM(**model_args, interventions=built)
-    header = grid_header(lm.identity(), file_reference(mask), baseline, tasks, list(MODULE_SETS))
+    header = grid_header(lm.identity(), file_reference(mask), baseline, tasks, module_sets, seeds)
     done = len(load_cells(output, header))
     output.mkdir(parents=True, exist_ok=True)
     configs = {name: task_objects[name].dump_config() for name in names}
     write_json(output / "provenance.json", provenance(lm, settings, mask, stats, configs))
-    total = len(plan_cells(header["module_sets"], names, baseline))
+    plan = plan_cells(module_sets, names, baseline, random_seeds(header, settings["seed"]))
+    total = len(plan)
     if done:
         click.echo(f"resuming: {done} of {total} cells already in {output / 'grid.json'}", err=True)
     with progress("cells") as bars:
@@ -335,6 +340,7 @@ def _run_grid(manager, names, model_args, built, grid_args, settings, output: Pa
             stats=activation_stats,
             on_cell=advance,
         )
-    print_table(grid_table(header, cells))
+    for table in grid_tables(header, cells, settings["seed"]):
+        print_table(table)
     for name in ("grid.json", "grid.csv", "provenance.json"):
         click.echo(f"wrote {os.fspath(output / name)}")
