@@ -24,6 +24,14 @@ class InstructBlipAdapter(ModelAdapter):
         ),
         gated_mlp("llm", "llm", _LLM),
     )
+    # MMNeuron's InstructBLIP rows: "Vision Encoder" is the ViT alone, "Q-Former" both FFNs.
+    paper_module_sets = {
+        "none": "none",
+        "vision": "vision",
+        "connector": "connector",
+        "llm": "llm",
+        "all": "all",
+    }
     decoder_layers = _LLM
     final_norm = "language_model.model.norm"
     lm_head = "language_model.lm_head"
@@ -32,14 +40,21 @@ class InstructBlipAdapter(ModelAdapter):
         """The processor inserts the query-token placeholders itself: the text is the question."""
         return question
 
-    def build_inputs(self, processor: Any, images: list, questions: list[str]) -> dict:
+    def paper_prompt(self, processor: Any, question: str) -> str:
+        """The bare question: the processor puts the query tokens in front itself (the official
+        code's literal '<image>' would add one more image token under transformers 5)."""
+        return question
+
+    def build_inputs(
+        self, processor: Any, images: list, questions: list[str], paper: bool = False
+    ) -> dict:
         """As the processor builds them, but with the Q-Former's instruction right-padded.
 
         The processor pads the Q-Former text on the language model's side (left); the
         Q-Former's learned absolute positions would then depend on the batch's longest
         question, and so would every query activation.
         """
-        inputs = super().build_inputs(processor, images, questions)
+        inputs = super().build_inputs(processor, images, questions, paper)
         texts = [self.format_prompt(processor, q) for q in questions]
         qformer = processor.qformer_tokenizer(
             texts, padding=True, padding_side="right", truncation=True, return_tensors="pt"

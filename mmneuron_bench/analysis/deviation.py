@@ -56,6 +56,7 @@ class DeviationRow:
     neurons: int  # neurons switched off (the same for the mask and every random seed)
     dape: float
     random: list[float]
+    unused: int = 0  # of the mask's neurons, those in layers the model never reads
 
     @property
     def random_mean(self) -> float:
@@ -72,6 +73,7 @@ class DeviationRow:
             "module_set": self.module_set,
             "samples": self.samples,
             "neurons": self.neurons,
+            "neurons_in_unused_layers": self.unused,
             "dape": self.dape,
             "random_mean": self.random_mean,
             "random_std": self.random_std,
@@ -141,8 +143,12 @@ def measure_deviation(
             raise MMNeuronError(f"task {task!r} has no documents")
         for s in module_sets:
             percent = [100.0 * total / samples for total in sums[s]]
+            counts = plans[s][0].layer_counts
             neurons = sum(plans[s][0].counts.values())
-            rows.append(DeviationRow(task, domain, s, samples, neurons, percent[0], percent[1:]))
+            unused = sum(counts[c.name][layer] for c in components for layer in c.unused_layers)
+            rows.append(
+                DeviationRow(task, domain, s, samples, neurons, percent[0], percent[1:], unused)
+            )
     return rows
 
 

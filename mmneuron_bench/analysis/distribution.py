@@ -48,12 +48,21 @@ def distribution_rows(dist: Distribution) -> list[tuple[str, str, int, str, int]
     ]
 
 
-def component_summary(dist: Distribution) -> dict:
-    """Per component: role, layers, width, and the counts per layer and in total."""
+def component_summary(dist: Distribution, unused: dict[str, list[int]] | None = None) -> dict:
+    """Per component: role, layers, width, the counts per layer and in total, and (where the
+    file says which layers the model never reads) the neurons selected in those layers."""
     components = {}
     for c, info in dist.components.items():
         counts = dist.counts[c]
+        extra = {}
+        if unused is not None:
+            layers = unused.get(c, [])
+            extra = {
+                "unused_layers": layers,
+                "any_domain_in_unused_layers": int(dist.any_domain[c][layers].sum()),
+            }
         components[c] = {
+            **extra,
             **info.to_meta(),
             "per_layer": {d: counts[i].tolist() for i, d in enumerate(dist.domains)},
             "total": {d: int(counts[i].sum()) for i, d in enumerate(dist.domains)},
@@ -71,16 +80,24 @@ def distribution_json(dist: Distribution, mask: NeuronMask, mask_ref: dict) -> d
         "model": mask.model,
         "method": mask.method,
         "domains": dist.domains,
-        "components": component_summary(dist),
+        "components": component_summary(dist, mask.unused),
     }
 
 
 def selection_table(caption: str, domains: list[str], components: dict) -> Table:
     """Selected neurons per domain (rows) and component (columns), then the neurons selected
-    for any domain (a neuron may belong to several) and all neurons of the component.
+    for any domain (a neuron may belong to several), how many of them sit in layers the model
+    never reads (when known), and all neurons of the component.
     ``components`` as in :func:`component_summary`."""
     rows = [[d, *(str(c["total"][d]) for c in components.values())] for d in domains]
     rows.append(["any domain", *(str(c["any_domain_total"]) for c in components.values())])
+    if any("any_domain_in_unused_layers" in c for c in components.values()):
+        rows.append(
+            [
+                "in unused layers",
+                *(str(c.get("any_domain_in_unused_layers", 0)) for c in components.values()),
+            ]
+        )
     rows.append(["neurons", *(str(c["layers"] * c["width"]) for c in components.values())])
     header = ["domain", *(f"{name} ({c['role']})" for name, c in components.items())]
     return Table(caption, header, rows)

@@ -183,12 +183,15 @@ def _deviation_section(path: Path, data: dict, source: Path) -> Section:
         data["definition"],
     ]
     rows = data["rows"]
-    header = ["module set", "neurons", "mask", "random mean ± std"]
+    unused = any(r.get("neurons_in_unused_layers") for r in rows)
+    header = ["module set", "neurons", *(["in unused layers"] if unused else []), "mask",
+              "random mean ± std"]  # fmt: skip
     for task, domain in dict.fromkeys((r["task"], r["domain"]) for r in rows):
         table_rows = [
             [
                 r["module_set"],
                 str(r["neurons"]),
+                *([str(r.get("neurons_in_unused_layers", 0))] if unused else []),
                 f"{r['dape']:.3f}",
                 f"{r['random_mean']:.3f} ± {r['random_std']:.3f}",
             ]

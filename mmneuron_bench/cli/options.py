@@ -32,6 +32,13 @@ class ModelChoice:
 
         return "auto" if self.dtype == "auto" else getattr(torch, self.dtype)
 
+    def adapter(self):
+        """The adapter of the model (named, or chosen from its config): no weights loaded."""
+        from mmneuron_bench.models.loading import load_config, pick_adapter
+        from mmneuron_bench.plugins.registry import get_registry
+
+        return pick_adapter(get_registry(), load_config(self.pretrained), self.adapter_name)
+
     def load(self, device: str | None = None):
         """Pick the adapter and load model and processor (on ``device`` if given)."""
         from mmneuron_bench.models.loading import load_model
@@ -257,3 +264,13 @@ def task_options(required: bool = True, note: str = "") -> Callable:
         return command
 
     return wrap
+
+
+preset_option = click.option(
+    "--preset",
+    type=click.Choice(["default", "paper"]),
+    default="default",
+    show_default=True,
+    help="paper: the procedure of the papers' official code where this tool's default "
+    "differs (docs/presets.md lists every difference).",
+)

@@ -72,8 +72,12 @@ def domain_samples(tasks: dict[str, Any], task_names: list[str], limit: int | No
     return samples
 
 
-def sample_content(tasks: dict[str, Any], sample: Sample) -> tuple[Any, str]:
-    """The image and the question text the task itself builds for one document."""
+def sample_content(tasks: dict[str, Any], sample: Sample, bare: bool = False) -> tuple[Any, str]:
+    """The image and the question text the task itself builds for one document.
+
+    ``bare``: the question without the task's ``pre_prompt`` and ``post_prompt`` (the official
+    MMNeuron identification feeds the bare question).
+    """
     task = tasks[sample.task]
     doc = task.eval_docs[sample.index]
     visuals = task.doc_to_visual(doc)
@@ -82,4 +86,14 @@ def sample_content(tasks: dict[str, Any], sample: Sample) -> tuple[Any, str]:
             f"task {sample.task!r} document {sample.index} has {len(visuals)} images; "
             "recording supports exactly one image per document"
         )
-    return visuals[0].convert("RGB"), task.doc_to_text(doc)
+    return visuals[0].convert("RGB"), question_text(task, doc, bare)
+
+
+def question_text(task: Any, doc: Any, bare: bool = False) -> str:
+    """``task.doc_to_text(doc)``, or with ``bare`` the same without the pre- and post-prompt of
+    the task's ``lmms_eval_specific_kwargs``."""
+    kwargs = getattr(task, "lmms_eval_specific_kwargs", None)
+    function = task.config.doc_to_text
+    if not bare or kwargs is None or not callable(function):
+        return task.doc_to_text(doc)
+    return function(doc, {**kwargs, "pre_prompt": "", "post_prompt": ""})

@@ -81,6 +81,19 @@ def parse_model(meta: dict[str, str], path: Path) -> dict:
     return model
 
 
+def parse_unused(meta: dict[str, str], path: Path) -> dict[str, list[int]] | None:
+    """The optional ``unused_layers`` metadata: ``{component: [layers the model never reads]}``
+    (None for files written before 0.2, which do not say)."""
+    if "unused_layers" not in meta:
+        return None
+    unused = meta_json(meta, "unused_layers", path)
+    if not isinstance(unused, dict) or not all(
+        isinstance(v, list) and all(type(i) is int for i in v) for v in unused.values()
+    ):
+        raise format_error(path, "metadata 'unused_layers' is not a JSON object of layer lists")
+    return unused
+
+
 def check_header(domains: list, components: dict[str, ComponentInfo], path: Path) -> None:
     """Domains are distinct non-empty names and there is at least one component."""
     if not domains or not all(isinstance(d, str) and d for d in domains):

@@ -10,7 +10,7 @@ import json
 import os
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -28,6 +28,7 @@ from mmneuron_bench.formats.common import (
     parse_components,
     parse_domains,
     parse_model,
+    parse_unused,
     read_safetensors,
 )
 from mmneuron_bench.models.components import ROLES, ComponentInfo, components_to_json
@@ -47,6 +48,25 @@ class NeuronMask:
     params: dict
     source: str | None  # sha256 hex of the stats file the mask came from, if any
     masks: dict[tuple[str, str], torch.Tensor]  # (domain, component) -> bool [L, N]
+    unused: dict[str, list[int]] | None = None  # layers the model never reads (None: unknown)
+
+    def in_unused_layers(self) -> dict[str, int]:
+        """Per component, the neurons selected for any domain that sit in unused layers."""
+        out = {}
+        for c, layers in (self.unused or {}).items():
+            union = torch.stack([self.masks[(d, c)] for d in self.domains]).any(0)
+            out[c] = int(union[layers].sum()) if layers else 0
+        return out
+
+    def without_unused(self) -> NeuronMask:
+        """The same mask with every neuron of an unused layer left out."""
+        masks = {}
+        for (d, c), m in self.masks.items():
+            kept = m.clone()
+            kept[(self.unused or {}).get(c, [])] = False
+            masks[(d, c)] = kept
+        params = {**self.params, "skip_unused": True}
+        return replace(self, masks=masks, params=params)
 
     def select(
         self, domains: Sequence[str] | str = "all", roles: Iterable[str] | str = "all"
@@ -95,6 +115,8 @@ class NeuronMask:
             "method": self.method,
             "params": json.dumps(self.params),
         }
+        if self.unused is not None:
+            metadata["unused_layers"] = json.dumps(self.unused)
         if self.source is not None:
             metadata["source"] = self.source
         # Copies: masks are often views of one [D, L, N] tensor, which safetensors refuses.
@@ -120,6 +142,7 @@ class NeuronMask:
             params=params,
             source=meta.get("source"),
             masks={},
+            unused=parse_unused(meta, path),
         )
         _check_names(mask, path)  # _keys relies on the names
         mask.masks = {(d, c): tensors.pop(f"{d}/{c}", None) for d, c in _keys(mask)}
@@ -153,6 +176,10 @@ def _validate(mask: NeuronMask, path: Path) -> None:
         raise format_error(path, "metadata 'method' is empty")
     if mask.source is not None and not _SHA256.fullmatch(mask.source):
         raise format_error(path, f"metadata 'source' is not a sha256 hex digest: {mask.source!r}")
+    for c, layers in (mask.unused or {}).items():
+        info = mask.components.get(c)
+        if info is None or not all(0 <= layer < info.layers for layer in layers):
+            raise format_error(path, f"metadata 'unused_layers' names layers {c!r} lacks")
     for d, c in _keys(mask):
         info = mask.components[c]
         check_tensor(

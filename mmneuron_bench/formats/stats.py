@@ -27,6 +27,7 @@ from mmneuron_bench.formats.common import (
     parse_components,
     parse_domains,
     parse_model,
+    parse_unused,
     read_safetensors,
 )
 from mmneuron_bench.models.components import ComponentInfo, components_to_json
@@ -34,6 +35,7 @@ from mmneuron_bench.tables import Table
 
 FORMAT = "mmneuron-stats/1"
 TOKEN_SCOPES = ("all", "image", "text")
+PROMPTS = ("default", "paper")
 
 
 @dataclass
@@ -48,6 +50,8 @@ class ActivationStats:
     active: dict[str, torch.Tensor]  # int64 [D, L, N]: tokens with activation > 0
     tokens: dict[str, torch.Tensor]  # int64 [D, L]: tokens seen by the layer
     sum: dict[str, torch.Tensor]  # float64 [D, L, N]: sum of activation values
+    prompt: str = "default"  # "default" (as lmms-eval prompts) or "paper" (the bare question)
+    unused: dict[str, list[int]] | None = None  # layers the model never reads (None: unknown)
 
     @classmethod
     def empty(
@@ -56,10 +60,14 @@ class ActivationStats:
         components: dict[str, ComponentInfo],
         model: dict,
         token_scope: str,
+        prompt: str = "default",
+        unused: dict[str, list[int]] | None = None,
     ) -> ActivationStats:
         """All-zero statistics, ready for a recorder to add counts into."""
         d = len(domains)
         return cls(
+            prompt=prompt,
+            unused=unused,
             domains=list(domains),
             components=dict(components),
             model=dict(model),
@@ -97,7 +105,10 @@ class ActivationStats:
             "model": json.dumps(self.model),
             "token_scope": self.token_scope,
             "samples": json.dumps(self.samples),
+            "prompt": self.prompt,
         }
+        if self.unused is not None:
+            metadata["unused_layers"] = json.dumps(self.unused)
         atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
     @classmethod
@@ -114,6 +125,8 @@ class ActivationStats:
             components=components,
             model=parse_model(meta, path),
             token_scope=meta_text(meta, "token_scope", path),
+            prompt=meta.get("prompt", "default"),
+            unused=parse_unused(meta, path),
             samples=samples,
             active={c: tensors.pop(f"{c}.active", None) for c in components},
             tokens={c: tensors.pop(f"{c}.tokens", None) for c in components},
@@ -143,6 +156,8 @@ def merge(stats_list: Sequence[ActivationStats]) -> ActivationStats:
         components=dict(first.components),
         model=dict(first.model),
         token_scope=first.token_scope,
+        prompt=first.prompt,
+        unused=first.unused,
         samples={d: sum(s.samples[d] for s in stats_list) for d in first.domains},
         active={c: sum(s.active[c] for s in stats_list) for c in first.components},
         tokens={c: sum(s.tokens[c] for s in stats_list) for c in first.components},
@@ -168,6 +183,7 @@ def stats_mismatch(
         ("model adapter", first.model.get("adapter"), other.model.get("adapter")),
         ("model fingerprint", first.model.get("fingerprint"), other.model.get("fingerprint")),
         ("token_scope", first.token_scope, other.token_scope),
+        ("prompt", first.prompt, other.prompt),
         ("domains", first.domains, other.domains),
     ):
         if a != b:
@@ -183,6 +199,14 @@ def _own(tensor: torch.Tensor) -> torch.Tensor:
 def _validate(stats: ActivationStats, path: Path) -> None:
     """Check the object is what a stats file promises: shapes, dtypes and counts agree."""
     check_header(stats.domains, stats.components, path)
+    for c, layers in (stats.unused or {}).items():
+        info = stats.components.get(c)
+        if info is None or not all(0 <= layer < info.layers for layer in layers):
+            raise format_error(path, f"metadata 'unused_layers' names layers {c!r} lacks")
+    if stats.prompt not in PROMPTS:
+        raise format_error(
+            path, f"metadata 'prompt' is {stats.prompt!r}, expected default or paper"
+        )
     if stats.token_scope not in TOKEN_SCOPES:
         scopes = ", ".join(TOKEN_SCOPES)
         raise format_error(

@@ -61,6 +61,16 @@ def parse_module_sets(value: str) -> list[str]:
     return sets
 
 
+def preset_module_sets(names: Sequence[str], preset: str, adapter: Any) -> list[str]:
+    """The module sets ``names`` mean under ``preset``: as given (``default``), or each paper
+    row's roles for the model's family (``paper``: ``vision`` -> ``vision+connector`` for
+    LLaVA-style families, see ``ModelAdapter.paper_module_sets``)."""
+    if preset == "default":
+        return list(names)
+    rows = adapter.paper_module_sets
+    return [rows.get(name, name) for name in names]
+
+
 def auto_domain(task: str, mask_domains: Sequence[str], metadata: Mapping[str, Any]) -> list[str]:
     """The mask domain(s) of a task for ``auto``.
 

@@ -105,6 +105,16 @@ class ModelAdapter:
     # adapter serves recording and analyses, and evaluation names its own base model).
     lmms_eval_model: ClassVar[str | None] = None
     components: ClassVar[tuple[ComponentSpec, ...]]
+    # The module sets of the paper's Table 1 (``--preset paper``): each row's name and the roles
+    # it switches off. MMNeuron's "Vision Encoder" row switches the vision tower off together
+    # with an MLP projector after it; Q-Former families override this (their row is the ViT).
+    paper_module_sets: ClassVar[dict[str, str]] = {
+        "none": "none",
+        "vision": "vision+connector",
+        "connector": "connector",
+        "llm": "llm",
+        "all": "all",
+    }
     decoder_layers: ClassVar[str]
     final_norm: ClassVar[str]
     lm_head: ClassVar[str]
@@ -267,7 +277,18 @@ class ModelAdapter:
         image_token = getattr(processor, "image_token", "<image>")
         return f"{image_token}\n{question}"
 
-    def build_inputs(self, processor: Any, images: list, questions: list[str]) -> dict:
-        """Processor inputs for a batch of one image and one question per sample."""
-        texts = [self.format_prompt(processor, q) for q in questions]
+    def paper_prompt(self, processor: Any, question: str) -> str:
+        """The official MMNeuron identification prompt: ``'<image>\\n{question}'`` with the
+        processor's image token, no chat template (``--preset paper``)."""
+        image_token = getattr(processor, "image_token", "<image>")
+        return f"{image_token}\n{question}"
+
+    def build_inputs(
+        self, processor: Any, images: list, questions: list[str], paper: bool = False
+    ) -> dict:
+        """Processor inputs for a batch of one image and one question per sample, prompted as
+        lmms-eval's models prompt (:meth:`format_prompt`) or, with ``paper``, as the paper
+        recorded (:meth:`paper_prompt`)."""
+        prompt = self.paper_prompt if paper else self.format_prompt
+        texts = [prompt(processor, q) for q in questions]
         return processor(images=images, text=texts, padding=True, return_tensors="pt")

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from mmneuron_bench.formats.edit import ColumnEdit, WeightEdit
 from mmneuron_bench.formats.mask import NeuronMask
 from mmneuron_bench.interventions.mask import Deactivation
 from mmneuron_bench.models.adapter import Component, LoadedModel
@@ -47,15 +48,23 @@ def ablate(
     draws: int = 3,
     seed: int = 0,
     batch_size: int = 1,
+    method: str = "zero",
+    sigma: float = 0.0,
+    model_meta: dict | None = None,
 ) -> list[Ablation]:
-    """For each token domain: p(token) with its top neurons off versus as many random ones.
+    """For each token domain: p(token) with its top neurons switched off (or perturbed) versus
+    as many random ones.
 
-    The random neurons are drawn among the llm neurons outside the token's top set, with a
-    generator seeded by ``seed`` and the token id (so a token's draws do not depend on which
-    other tokens are ablated). Deactivation is
-    :class:`~mmneuron_bench.interventions.mask.Deactivation` (zero) on every position of the
-    prompt and the generation.
+    ``method="zero"`` deactivates the neurons (:class:`~mmneuron_bench.interventions.mask.
+    Deactivation`, 0 on every position of the prompt and the generation); the random neurons
+    are drawn among the llm neurons outside the token's top set. ``method="noise"`` is seed
+    002's perturbation: ``sigma * N(0, I)`` added to each neuron's output-weight column
+    (:func:`noise_edit`, removed exactly afterwards); its random neurons are drawn from all llm
+    neurons, as the official code draws them. A generator seeded by ``seed`` and the token id
+    draws both (so a token's draws do not depend on which other tokens are ablated).
     """
+    if method not in ("zero", "noise"):
+        raise ValueError(f"method must be zero or noise, not {method!r}")
     llm = llm_component(components)
     results = []
     for domain in domains:
@@ -66,26 +75,19 @@ def ablate(
         top = mask.masks[(domain, llm.name)]
         generator = torch.Generator().manual_seed(seed * 1_000_003 + token)
         count = int(top.sum())
+        pool = torch.ones_like(top) if method == "noise" else ~top
         conditions = {"top": top} | {
-            f"random{i}": random_neurons(~top, count, generator) for i in range(draws)
+            f"random{i}": random_neurons(pool, count, generator) for i in range(draws)
         }
-        control = NeuronMask(
-            ["none", *conditions],
-            mask.components,
-            mask.model,
-            "ablation",
-            {},
-            None,
-            {
-                (d, c): conditions[d] if d in conditions and c == llm.name else no_neurons(info)
-                for d in ["none", *conditions]
-                for c, info in mask.components.items()
-            },
-        )
-        means = {}
-        for condition in control.domains:
-            with Deactivation(components, control, domains=condition):
-                means[condition] = _mean_probability(loaded, tasks, chosen, token, batch_size)
+        means = {"none": _mean_probability(loaded, tasks, chosen, token, batch_size)}
+        for name, selected in conditions.items():
+            if method == "noise":
+                edit = noise_edit(llm, selected, sigma, generator, model_meta or mask.model)
+                context = edit.applied(loaded.model)
+            else:
+                context = Deactivation(components, _only(mask, llm.name, selected), "only")
+            with context:
+                means[name] = _mean_probability(loaded, tasks, chosen, token, batch_size)
         random_means = tuple(means[f"random{i}"] for i in range(draws))
         results.append(
             Ablation(
@@ -101,6 +103,36 @@ def ablate(
             )
         )
     return results
+
+
+def noise_edit(
+    llm: Component,
+    selected: torch.Tensor,
+    sigma: float,
+    generator: torch.Generator,
+    model_meta: dict,
+) -> WeightEdit:
+    """``sigma * N(0, I)`` (float32, from ``generator``) added to the output-weight column of
+    every ``selected`` neuron (bool ``[L, N]``): a :class:`WeightEdit`, so it is removed exactly."""
+    edits = []
+    for layer, linear in enumerate(llm.outputs):
+        columns = selected[layer].nonzero().flatten()
+        if columns.numel() == 0:
+            continue
+        original = linear.weight[:, columns.to(linear.weight.device)].detach().float().cpu()
+        delta = sigma * torch.randn(original.shape, generator=generator)
+        edits.append(ColumnEdit(llm.output_path(layer), columns, original, delta))
+    params = {"rule": "w += sigma * N(0, I)", "sigma": sigma, "neurons": int(selected.sum())}
+    return WeightEdit(dict(model_meta), params, edits)
+
+
+def _only(mask: NeuronMask, component: str, selected: torch.Tensor) -> NeuronMask:
+    """A one-domain mask (``only``) with ``selected`` in ``component`` and nothing elsewhere."""
+    masks = {
+        ("only", c): selected if c == component else no_neurons(info)
+        for c, info in mask.components.items()
+    }
+    return NeuronMask(["only"], mask.components, mask.model, "ablation", {}, None, masks)
 
 
 def _mean_probability(

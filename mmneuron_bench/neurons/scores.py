@@ -17,8 +17,9 @@ activation times the projection: only the activation sums per generated token ar
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -142,3 +143,111 @@ def promoted_tokens(
             for neuron, ids in zip(part, top.tolist(), strict=True):
                 out[(layer, neuron)] = ids
     return out
+
+
+class FirstOccurrenceRanking:
+    """Seed 002's ranking (``neurons find --aggregate paper``): per image and per word.
+
+    For every generation, each word's first occurrence is scored at the position that predicts
+    its first sub-token (the token that starts the word), and that image's top-``k`` neurons for
+    the word are kept. The official code stops at these per-image lists; a token's neurons in
+    the neurons file are those in the most of its per-image top-``k`` lists (ties: the larger
+    mean score, then the smaller flat index ``l * N + n``). The official code keeps nouns only
+    (a part-of-speech tagger); without one offline, every word is kept here (``--token``
+    narrows the words).
+    """
+
+    def __init__(
+        self,
+        info: ComponentInfo,
+        down: Sequence[torch.Tensor],
+        unembed: torch.Tensor,
+        k: int,
+        word_starts: Callable[[Sequence[int]], list[bool]],
+        keep: set[int] | None = None,
+    ):
+        self.info, self.down, self.unembed, self.k = info, down, unembed, k
+        self.word_starts = word_starts
+        self.keep = keep
+        self.per_image: dict[int, list[tuple[int, torch.Tensor, torch.Tensor]]] = {}
+        self.images = 0
+
+    def add(self, tokens: Sequence[int], activations: torch.Tensor) -> None:
+        """One generation: ``activations[i]`` ``[L, N]`` predicted ``tokens[i]``."""
+        image = self.images
+        self.images += 1
+        seen: set[int] = set()
+        for position, (token, starts) in enumerate(
+            zip(tokens, self.word_starts(tokens), strict=True)
+        ):
+            if not starts or token in seen or (self.keep is not None and token not in self.keep):
+                continue
+            seen.add(token)
+            score = (
+                contribution_scores(
+                    activations[position][None], torch.tensor([token]), self.down, self.unembed
+                )[0]
+                .flatten()
+                .cpu()
+            )
+            ranked = torch.sort(score, descending=True, stable=True)
+            self.per_image.setdefault(token, []).append(
+                (image, ranked.indices[: self.k], ranked.values[: self.k])
+            )
+
+    def top(self, k: int) -> list[TokenNeurons]:
+        """Each token's ``k`` neurons most often in its per-image top lists (most frequent
+        token first)."""
+        width = self.info.width
+        order = sorted(self.per_image, key=lambda t: (-len(self.per_image[t]), t))
+        out = []
+        for token in order:
+            lists = self.per_image[token]
+            count = torch.zeros(self.info.layers * width, dtype=torch.int64)
+            total = torch.zeros(self.info.layers * width, dtype=torch.float64)
+            for _, flat, scores in lists:
+                count[flat] += 1
+                total[flat] += scores.double()
+            mean = torch.where(count > 0, total / count.clamp(min=1), torch.tensor(-torch.inf))
+            # Lexicographic (count, mean score) descending, then flat index: sort by the
+            # secondary key first, then stably by the primary.
+            by_mean = torch.sort(mean, descending=True, stable=True).indices
+            by_count = by_mean[torch.sort(count[by_mean], descending=True, stable=True).indices]
+            flat = by_count[:k]
+            neurons = torch.stack([flat // width, flat % width], dim=1)
+            out.append(TokenNeurons(token, len(lists), len(lists), neurons, mean[flat].float()))
+        return out
+
+    def lists_json(self, text: Callable[[int], str]) -> list[dict]:
+        """The per-image lists, as the official code saves them."""
+        width = self.info.width
+        return [
+            {
+                "image": image,
+                "token": token,
+                "text": text(token),
+                "neurons": [[int(i) // width, int(i) % width] for i in flat],
+                "scores": [float(v) for v in scores],
+            }
+            for token, lists in self.per_image.items()
+            for image, flat, scores in lists
+        ]
+
+
+def word_starts(tokenizer: Any) -> Callable[[Sequence[int]], list[bool]]:
+    """Which tokens of a generation start a word: the first token, and every token whose text,
+    decoded after the previous ones, begins with white space (sentencepiece's and byte-level
+    BPE's word markers decode to a space; a word-level tokenizer's every token does)."""
+
+    special = set(tokenizer.all_special_ids)
+
+    def starts(tokens: Sequence[int]) -> list[bool]:
+        out, before = [], ""
+        for i, token in enumerate(tokens):
+            text = tokenizer.decode(list(tokens[: i + 1]))
+            space = text[len(before) : len(before) + 1].isspace()
+            out.append(token not in special and (i == 0 or space))
+            before = text
+        return out
+
+    return starts

@@ -37,9 +37,13 @@ class RecordPlan:
     include_paths: list[str] = field(default_factory=list)
     limit: int | None = None
     token_scope: str = "all"
+    prompt: str = "default"  # or "paper": the bare question after the image token
 
     def digest(self, model: dict) -> str:
-        text = json.dumps({"plan": asdict(self), "model": model}, sort_keys=True)
+        plan = asdict(self)
+        if plan["prompt"] == "default":  # digests of earlier releases stay valid
+            del plan["prompt"]
+        text = json.dumps({"plan": plan, "model": model}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -102,8 +106,14 @@ class Recording:
 
     def empty_stats(self) -> ActivationStats:
         components = {c.name: c.info for c in self.components}
+        unused = {c.name: list(c.unused_layers) for c in self.components if c.unused_layers}
         return ActivationStats.empty(
-            list(self.plan.domains), components, self.model_meta, self.plan.token_scope
+            list(self.plan.domains),
+            components,
+            self.model_meta,
+            self.plan.token_scope,
+            prompt=self.plan.prompt,
+            unused=unused,
         )
 
     def run(
@@ -139,9 +149,10 @@ class Recording:
 
     def _forward(self, recorder: ActivationRecorder, domain: int, batch: list[Sample]) -> None:
         adapter, model = self.loaded.adapter, self.loaded.model
-        contents = [sample_content(self.tasks, s) for s in batch]
+        paper = self.plan.prompt == "paper"
+        contents = [sample_content(self.tasks, s, bare=paper) for s in batch]
         inputs = adapter.build_inputs(
-            self.loaded.processor, [c[0] for c in contents], [c[1] for c in contents]
+            self.loaded.processor, [c[0] for c in contents], [c[1] for c in contents], paper
         )
         inputs = inputs.to(next(model.parameters()).device).to(model.dtype)
         recorder.set_batch(domain, adapter.positions(model, inputs, self.plan.token_scope))
@@ -152,6 +163,8 @@ class Recording:
     def _fold(recorder: ActivationRecorder, stats: ActivationStats) -> ActivationStats:
         """``stats`` (counts before this run) plus what the recorder has counted since."""
         return ActivationStats(
+            prompt=stats.prompt,
+            unused=stats.unused,
             domains=stats.domains,
             components=stats.components,
             model=stats.model,

@@ -104,6 +104,7 @@ def dape_mask(
         },
         source=source,
         masks=masks,
+        unused=stats.unused,
     )
 
 

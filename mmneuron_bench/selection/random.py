@@ -65,6 +65,7 @@ def select_random_like(mask: NeuronMask, seed: int, together: Sequence[str] = ()
         params=params,
         source=mask.source,
         masks=masks,
+        unused=mask.unused,
     )
 
 

@@ -17,11 +17,12 @@ from mmneuron_bench.cli.options import (
     model_options,
     module_sets_option,
     output_folder,
+    preset_option,
     task_names,
     task_options,
 )
 from mmneuron_bench.console import progress
-from mmneuron_bench.interventions.targets import MODULE_SETS
+from mmneuron_bench.interventions.targets import MODULE_SETS, preset_module_sets
 
 DEFAULT_OUTPUT = Path("mmneuron-results") / "analysis"
 
@@ -36,7 +37,7 @@ _output_option = click.option(
 
 def _task_options(command: Callable) -> Callable:
     """Options shared by the analyses that run a model over lmms-eval tasks."""
-    for option in reversed((task_options(), domain_choice_option, _output_option)):
+    for option in reversed((task_options(), domain_choice_option, preset_option, _output_option)):
         command = option(command)
     return command
 
@@ -77,6 +78,7 @@ def deviation(
     include_paths,
     limit,
     domain,
+    preset,
     output,
     mask_path,
     modules,
@@ -91,6 +93,7 @@ def deviation(
     from mmneuron_bench.formats.outputs import file_reference
     from mmneuron_bench.models.loading import model_identity
 
+    modules = preset_module_sets(modules, preset, model.adapter())
     loaded, mask, tasks, domains = _prepare(
         model, task_specs, include_paths, domain, mask_path, output
     )
@@ -136,6 +139,7 @@ def logit_lens(
     include_paths,
     limit,
     domain,
+    preset,
     output,
     mask_path,
     modules,
@@ -154,6 +158,7 @@ def logit_lens(
         given = given_options(ctx, ("domain", "modules"))
         for option in sorted(given):
             raise click.UsageError(f"--{option} needs --mask")
+    modules = preset_module_sets(modules, preset, model.adapter())
     loaded, mask, tasks, domains = _prepare(
         model, task_specs, include_paths, domain, mask_path, output
     )

@@ -3,24 +3,24 @@
 from __future__ import annotations
 
 import functools
-import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import click
 
 from mmneuron_bench.cli.options import (
     FiniteFloatRange,
     ModelChoice,
+    OptionConflict,
     check_output_files,
     model_options,
+    preset_option,
     task_names,
 )
 from mmneuron_bench.console import print_table, progress
 from mmneuron_bench.errors import MMNeuronError
-from mmneuron_bench.formats.atomic import atomic_write
+from mmneuron_bench.formats.outputs import write_json
 from mmneuron_bench.tables import Table
 
 SHOW_TOKENS = 20  # tokens in the printed table of `find` (the JSON has all)
@@ -165,10 +165,6 @@ def _generate(loaded, components, data: Data, batch_size: int, activations=None)
     return tasks, generations
 
 
-def _write_json(path: Path, payload: Any) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(payload, indent=1) + "\n"))
-
-
 def _load_neurons(path: Path):
     from mmneuron_bench.formats.mask import NeuronMask
 
@@ -199,18 +195,40 @@ def _load_neurons(path: Path):
     type=click.Path(dir_okay=False, path_type=Path),
     help="JSON of scores, promoted tokens and generations (default: OUT with .json).",
 )
+@click.option(
+    "--aggregate",
+    type=click.Choice(["mean", "paper"]),
+    help="mean: the score averaged over every position that generated the token; paper: per "
+    "image and word at its first occurrence, a token's neurons those most often in the "
+    "per-image top-k.  [default: mean; paper with --preset paper]",
+)
+@preset_option
 def find(
-    model: ModelChoice, batch_size, data_options: DataOptions, top_k, words, out, scores
+    model: ModelChoice,
+    batch_size,
+    data_options: DataOptions,
+    top_k,
+    words,
+    out,
+    scores,
+    aggregate,
+    preset,
 ) -> None:
     """Score every llm neuron for every generated token; keep each token's top-k neurons.
 
     s[l, k] = a[l, k] * (W_down[l][:, k] . W_U[t]) at the position that predicts token t,
-    averaged over every position that generated t.
+    averaged over every position that generated t (--aggregate paper: per image and word).
     """
     from mmneuron_bench.neurons.anatomy import down_weights, llm_component, unembedding
     from mmneuron_bench.neurons.neurons_file import contribution_mask
-    from mmneuron_bench.neurons.scores import TokenActivations, promoted_tokens
+    from mmneuron_bench.neurons.scores import (
+        FirstOccurrenceRanking,
+        TokenActivations,
+        promoted_tokens,
+        word_starts,
+    )
 
+    aggregate = aggregate or ("paper" if preset == "paper" else "mean")
     scores = scores or _default_scores(out)
     check_output_files(out, scores)
     data = data_options.over({})
@@ -229,17 +247,28 @@ def find(
             if not ids:
                 raise MMNeuronError(f"--token {word!r} is no token at all")
             keep.update(ids)
-    activations = TokenActivations(llm.info, keep)
-    _, generations = _generate(loaded, components, data, batch_size, activations)
     down = down_weights(llm)
     unembed = unembedding(loaded).detach()
-    found = activations.top(top_k, down, unembed)
+    if aggregate == "paper":
+        starts = word_starts(tokenizer)
+        activations = FirstOccurrenceRanking(llm.info, down, unembed, top_k, starts, keep)
+    else:
+        activations = TokenActivations(llm.info, keep)
+    _, generations = _generate(loaded, components, data, batch_size, activations)
+    found = (
+        activations.top(top_k) if aggregate == "paper" else activations.top(top_k, down, unembed)
+    )
     promoted = promoted_tokens(
         [tuple(n) for item in found for n in item.neurons.tolist()], down, unembed
     )
     params = {**asdict(data), "top_k": top_k, "samples": len(generations), "only": list(words)}
+    if aggregate == "paper":
+        params["aggregate"] = "paper"
     mask = contribution_mask(components, model_meta, found, tokenizer, params)
-    _write_json(scores, _scores_json(mask, found, promoted, generations, tokenizer))
+    report = _scores_json(mask, found, promoted, generations, tokenizer)
+    if aggregate == "paper":
+        report["per_image"] = activations.lists_json(lambda t: tokenizer.decode([t]))
+    write_json(scores, report)
     mask.save(out)
     print_table(_find_table(mask, found, promoted, tokenizer, scores))
     click.echo(f"wrote {os.fspath(out)}")
@@ -333,6 +362,18 @@ def _find_table(mask, found, promoted, tokenizer, scores: Path) -> Table:
 )
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option(
+    "--method",
+    type=click.Choice(["zero", "noise"]),
+    help="zero: switch the neurons off; noise: add sigma * N(0, I) to their output weights "
+    "(seed 002's perturbation).  [default: zero; noise with --preset paper]",
+)
+@click.option(
+    "--sigma",
+    type=FiniteFloatRange(min=0),
+    help="Standard deviation of the noise (--method noise).",
+)
+@preset_option
+@click.option(
     "--out", type=click.Path(dir_okay=False, path_type=Path), help="Also write the results as JSON."
 )
 def ablate(
@@ -343,13 +384,21 @@ def ablate(
     words,
     draws,
     seed,
+    method,
+    sigma,
+    preset,
     out,
 ) -> None:
-    """Causal check: p(token) with its top-k neurons off versus k random llm neurons off.
+    """Causal check: p(token) with its top-k neurons off (or perturbed) versus k random ones.
 
     The images are captioned or answered again (greedily, settings from the neurons file unless
     given), and p(token) is read, teacher-forced, where the token was generated.
     """
+    method = method or ("noise" if preset == "paper" else "zero")
+    if method == "noise" and sigma is None:
+        raise OptionConflict("--method noise needs --sigma (the official code gives no default)")
+    if method == "zero" and sigma is not None:
+        raise OptionConflict("--sigma needs --method noise")
     from mmneuron_bench.neurons.ablation import ablate as run_ablation
     from mmneuron_bench.neurons.neurons_file import check_contribution_mask
     from mmneuron_bench.neurons.tokens import resolve_token
@@ -364,20 +413,22 @@ def ablate(
     tasks, generations = _generate(loaded, components, data, batch_size)
     results = run_ablation(
         loaded, components, tasks, generations, mask, list(dict.fromkeys(domains)), draws, seed,
-        batch_size,
+        batch_size, method, sigma or 0.0, model_meta,
     )  # fmt: skip
     missing = sorted(set(domains) - {r.domain for r in results})
-    print_table(_ablation_table(mask, results, draws, seed))
+    print_table(_ablation_table(mask, results, draws, seed, method, sigma))
     if missing:
         click.echo(f"not generated this time, so not tested: {', '.join(missing)}")
     if out is not None:
-        _write_json(
+        write_json(
             out,
             {
                 "neurons": os.fspath(neurons_path),
                 "data": asdict(data),
                 "draws": draws,
                 "seed": seed,
+                "method": method,
+                "sigma": sigma,
                 "tokens": [
                     {**asdict(r), "text": mask.params["tokens"][r.domain]["text"]} for r in results
                 ],
@@ -387,7 +438,7 @@ def ablate(
         click.echo(f"wrote {os.fspath(out)}")
 
 
-def _ablation_table(mask, results, draws: int, seed: int) -> Table:
+def _ablation_table(mask, results, draws: int, seed: int, method: str, sigma) -> Table:
     header = ["token", "neurons", "positions", "p", "top-k off", "random off", "drop top-k",
               "drop random"]  # fmt: skip
     rows = [
@@ -403,9 +454,11 @@ def _ablation_table(mask, results, draws: int, seed: int) -> Table:
         ]
         for r in results
     ]
+    what = "switched off" if method == "zero" else f"perturbed (sigma {sigma})"
+    pool = "other llm neurons" if method == "zero" else "llm neurons"
     caption = (
-        "p(token) where it was generated, with neurons switched off (random: mean of "
-        f"{draws} draw(s) of as many other llm neurons, seed {seed})"
+        f"p(token) where it was generated, with neurons {what} (random: mean of "
+        f"{draws} draw(s) of as many {pool}, seed {seed})"
     )
     return Table(caption, header, rows)
 
@@ -479,7 +532,7 @@ def edit(
         loaded, tasks, generations, weight_edit, data.prompt, data.max_new_tokens, batch_size
     )
     print_table(_effects_table(effects, weight_edit))
-    _write_json(report, {"edit": weight_edit.params, "data": asdict(data), **effects})
+    write_json(report, {"edit": weight_edit.params, "data": asdict(data), **effects})
     click.echo(f"wrote {os.fspath(report)}")
 
 

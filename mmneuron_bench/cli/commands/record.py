@@ -11,6 +11,7 @@ from mmneuron_bench.cli.options import (
     check_output_files,
     domain_definitions,
     model_options,
+    preset_option,
 )
 from mmneuron_bench.console import print_table, progress
 from mmneuron_bench.formats.stats import ActivationStats, merge, summary_table
@@ -63,14 +64,33 @@ def _all_reduce(stats: ActivationStats) -> ActivationStats:
     help="Output FILE.stats.safetensors.",
 )
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its checkpoint.")
+@preset_option
 def record(
-    model: ModelChoice, domain_specs, include_paths, limit, batch_size, token_scope, out, resume
+    model: ModelChoice,
+    domain_specs,
+    include_paths,
+    limit,
+    batch_size,
+    token_scope,
+    out,
+    resume,
+    preset,
 ) -> None:
-    """Count, per neuron and domain, the tokens on which its activation is > 0."""
+    """Count, per neuron and domain, the tokens on which its activation is > 0.
+
+    The prompt is the one lmms-eval's model for the family uses (chat template, the task's own
+    pre- and post-prompt); --preset paper records the papers' bare '<image>\\n{question}'.
+    """
     from mmneuron_bench.recording.run import Recording, RecordPlan
 
+    prompt = "paper" if preset == "paper" else "default"
     plan = RecordPlan(
-        model.pretrained, domain_definitions(domain_specs), list(include_paths), limit, token_scope
+        model.pretrained,
+        domain_definitions(domain_specs),
+        list(include_paths),
+        limit,
+        token_scope,
+        prompt,
     )
     check_output_files(out)
     state, shard = _distributed_shard()

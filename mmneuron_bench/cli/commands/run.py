@@ -20,13 +20,14 @@ from mmneuron_bench.cli.options import (
     given_options,
     model_options,
     module_sets_option,
+    preset_option,
     task_names,
     task_options,
 )
 from mmneuron_bench.console import print_table, progress
 from mmneuron_bench.errors import MMNeuronError
 from mmneuron_bench.formats.outputs import file_reference
-from mmneuron_bench.interventions.targets import MODULE_SETS
+from mmneuron_bench.interventions.targets import MODULE_SETS, preset_module_sets
 from mmneuron_bench.tables import Table
 
 MASK_OPTIONS = ("modules", "domain", "mode", "stats")
@@ -157,6 +158,7 @@ def _intervention_args(values: tuple[str, ...]) -> dict[str, str]:
     type=click.Choice(["random"]),
     help="--grid: add rows with as many random neurons per domain, component and layer.",
 )
+@preset_option
 @click.option(
     "--random-seeds",
     type=click.IntRange(min=1),
@@ -184,6 +186,7 @@ def run(
     seed,
     grid,
     baseline,
+    preset,
     random_seeds,
 ) -> None:
     """Evaluate lmms-eval tasks through the mmneuron model (neurons of --mask switched off).
@@ -201,7 +204,8 @@ def run(
 
     names = task_names(task_specs)
     lmms_eval_logs_to_stderr()
-    _, base_name = pick_base(model.pretrained, model.adapter_name, base)
+    adapter, base_name = pick_base(model.pretrained, model.adapter_name, base)
+    modules = preset_module_sets(modules, preset, adapter)
     manager = task_manager(names, include_paths, base_name)
     settings = {
         "tasks": names,
@@ -214,6 +218,8 @@ def run(
         "mode": mode,
         "domain": domain.text,
     }
+    if preset != "default":
+        settings["preset"] = preset
     model_args = {
         "base": base_name,
         "adapter": model.adapter_name,
@@ -230,7 +236,11 @@ def run(
         settings["interventions"] = plugin_args
     if grid:
         built = interventions_from_args(given)  # files checked before the model loads
-        rows = modules if "modules" in given_options(ctx, ("modules",)) else list(MODULE_SETS)
+        rows = (
+            modules
+            if "modules" in given_options(ctx, ("modules",))
+            else preset_module_sets(list(MODULE_SETS), preset, adapter)
+        )
         if random_seeds > 1:
             settings["random_seeds"] = random_seeds
         grid_args = (mask, stats, domain, baseline, rows, random_seeds)

@@ -19,6 +19,7 @@ from mmneuron_bench.cli.options import (
     given_options,
 )
 from mmneuron_bench.console import print_table
+from mmneuron_bench.errors import MMNeuronError
 from mmneuron_bench.formats.common import sha256_file
 from mmneuron_bench.formats.mask import NeuronMask
 from mmneuron_bench.formats.stats import ActivationStats
@@ -76,6 +77,12 @@ DAPE_OPTIONS = ("top_rate", "filter_rate", "bar_ratio")
     show_default=True,
     help="random: seed of the random choice.",
 )
+@click.option(
+    "--skip-unused",
+    is_flag=True,
+    help="Leave out neurons of layers the model never reads (LLaVA's last vision layer); "
+    "the paper keeps them.",
+)
 @click.pass_context
 def select(
     ctx: click.Context,
@@ -87,6 +94,7 @@ def select(
     bar_ratio: float,
     like: Path | None,
     seed: int,
+    skip_unused: bool,
 ) -> None:
     """Write a neuron mask: DAPE on the statistics file STATS, or a random control.
 
@@ -105,8 +113,16 @@ def select(
     else:
         mask = select_random_like(NeuronMask.load(like), seed)
         title = f"random like {like}, seed {seed}"
+    if skip_unused:
+        if mask.unused is None:
+            raise MMNeuronError(
+                f"{stats or like} does not say which layers are unused (recorded before 0.2); "
+                "record again to use --skip-unused"
+            )
+        mask = mask.without_unused()
+        title += ", unused layers left out"
     mask.save(out)
-    summary = component_summary(neuron_distribution(mask))
+    summary = component_summary(neuron_distribution(mask), mask.unused)
     print_table(selection_table(title, mask.domains, summary))
     click.echo(f"wrote {os.fspath(out)}")
 
