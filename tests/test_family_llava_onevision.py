@@ -141,8 +141,9 @@ def _choice_nll(processor, model, image, context: str, choice: str) -> float:
     return -sum(float(logits[n - k - 1 + i, ids[n - k + i]]) for i in range(k))
 
 
-def test_multiple_choice_through_llava_hf_is_scored_by_the_adapter(onevision, tiny_checkpoint_dir,
-                                                                     tmp_path):  # fmt: skip
+def test_multiple_choice_through_llava_hf_is_scored_by_the_adapter(
+    onevision, tiny_checkpoint_dir, tmp_path
+):
     folder = write_tiny_task(tmp_path, "ov_mc", n_docs=2, seed=4, image_sizes=((64, 32),))
     (folder / "ov_mc.yaml").write_text(textwrap.dedent(MC_YAML))
     path = tiny_checkpoint_dir["llava_onevision"]
