@@ -56,6 +56,10 @@ def evaluate(
     lmms_eval_logs_to_stderr()
     from lmms_eval.evaluator import simple_evaluate
 
+    from mmneuron_bench.lmms.workarounds import check_chat_tasks
+
+    base = getattr(lm, "base_name", type(lm).__name__)
+    check_chat_tasks(base, getattr(lm, "is_simple", True), tasks, manager)
     return simple_evaluate(
         model=lm,
         tasks=list(tasks),

@@ -99,6 +99,7 @@ class MMNeuronLMM(lmms):
             raise MMNeuronError(
                 f"lmms-eval model {self.base_name!r} exposes no transformers model (.model)"
             )
+        workarounds.honour_dtype(self.model, args.get("dtype"))
         # The evaluator fills lm.task_dict; the base reads documents from its own.
         self.task_dict = self.base.task_dict
         self.components = self.adapter.resolve(self.model)
@@ -254,7 +255,8 @@ class MMNeuronLMM(lmms):
         if self._processor is None:
             from transformers import AutoProcessor
 
-            self._processor = AutoProcessor.from_pretrained(self.pretrained)
+            with video_stand_in():
+                self._processor = AutoProcessor.from_pretrained(self.pretrained)
         out = []
         for request in requests:
             if len(request.args) != 6:

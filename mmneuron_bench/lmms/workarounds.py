@@ -9,11 +9,22 @@ release without the trap passes through untouched:
   libraries that are missing).
 - ``llava_hf`` passes ``device_map=""`` to ``from_pretrained``, which transformers 5 refuses:
   :func:`base_kwargs` sets ``device_map`` to the device in a single process.
+- ``llava_hf`` gives the tokenizer's chat template string content (``"<image>\n" + question``),
+  which the templates of llava-hf checkpoints such as LLaVA-OneVision's render as nothing (they
+  read typed content only): the prompt loses the question and the image token.
+  :func:`base_kwargs` passes llava_hf's own ``chat_template`` argument: the checkpoint's
+  template, made to read string content as one text item (:func:`string_content_template`).
 - ``instructblip`` returns prompt + answer on transformers 5, and both built-in bases turn a
   failed ``generate`` into an empty answer: :func:`checked_generate`.
 - ``llava_hf`` and ``instructblip`` assert batch size 1 mid-run: :func:`check_batch_size`.
+- ``internvl_hf`` loads the weights in bfloat16 whatever ``dtype`` says (the argument falls
+  into its ``**kwargs``): :func:`honour_dtype` casts the model to the dtype asked for.
 - The evaluator turns a ``(nll, is_greedy)`` tuple into its ``str``: :func:`loglikelihood_output`.
 - ``evaluate()`` calls ``lm.clean()``, which deletes the model: ``MMNeuronLMM.clean`` keeps it.
+- With a chat base (``internvl_hf``: no simple class), the evaluator builds chat requests, which
+  exist for generation tasks only: a loglikelihood or multiple-choice task fails on an
+  assertion while its requests are built. :func:`check_chat_tasks` refuses such a task up
+  front, naming it and the base.
 """
 
 from __future__ import annotations
@@ -25,7 +36,7 @@ import inspect
 import os
 import sys
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -37,6 +48,9 @@ from mmneuron_bench.errors import MMNeuronError
 ECHOING_BASES = ("instructblip",)
 # Bases whose generate_until asserts batch_size_per_gpu == 1 (lmms-eval 0.7.3).
 ONE_REQUEST_BASES = ("llava_hf", "instructblip")
+# Bases that give the tokenizer's chat template string message content and take a
+# `chat_template` argument that replaces the tokenizer's (lmms-eval 0.7.3).
+STRING_CONTENT_BASES = ("llava_hf",)
 
 
 def _unavailable(*_args: Any, **_kwargs: Any) -> None:
@@ -126,10 +140,18 @@ def base_kwargs(cls: type, args: dict[str, Any]) -> dict[str, Any]:
     transformers 5), ``"auto"`` or ``"cuda"`` (both send inputs to CUDA on a CPU machine) gets
     the device instead, unless a ``device_map`` is given (under ``accelerate launch`` the
     bases set the per-process device themselves). ``max_batch_size`` (added by lmms-eval's
-    CLI) is dropped unless the base takes it.
+    CLI) is dropped unless the base takes it. A base of :data:`STRING_CONTENT_BASES` whose
+    checkpoint's chat template drops string content gets ``chat_template`` (unless given):
+    that template reading string content (:func:`string_content_template`).
     """
     params = inspect.signature(cls.__init__).parameters
     out = dict(args)
+    base_module = cls.__module__.rsplit(".", 1)[-1]
+    if base_module in STRING_CONTENT_BASES and "chat_template" in params and "pretrained" in out:
+        if not out.get("chat_template"):
+            template = string_content_template(str(out["pretrained"]), out.get("revision"))
+            if template is not None:
+                out["chat_template"] = template
     if "max_batch_size" not in params:
         out.pop("max_batch_size", None)
     single = int(os.environ.get("WORLD_SIZE", "1")) == 1
@@ -142,12 +164,75 @@ def base_kwargs(cls: type, args: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+# Prepended to a chat template: each message with string content becomes one with a single
+# text item, which templates written for typed content (llava-hf's) render.
+_TYPED_CONTENT = (
+    "{%- set _typed = namespace(messages=[]) -%}"
+    "{%- for _message in messages -%}"
+    "{%- if _message['content'] is string -%}"
+    "{%- set _item = {'type': 'text', 'text': _message['content']} -%}"
+    "{%- set _typed.messages = _typed.messages + [dict(_message, content=[_item])] -%}"
+    "{%- else -%}{%- set _typed.messages = _typed.messages + [_message] -%}{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- set messages = _typed.messages -%}"
+)
+_PROBE = "mmneuron probe question"
+
+
+def _renders_string_content(tokenizer: Any, template: str) -> bool:
+    messages = [{"role": "user", "content": _PROBE}]
+    try:
+        text = tokenizer.apply_chat_template(
+            messages, chat_template=template, tokenize=False, add_generation_prompt=True
+        )
+    except Exception:  # noqa: BLE001 - a template that fails on strings does not take them
+        return False
+    return _PROBE in str(text)
+
+
+def string_content_template(pretrained: str, revision: str | None = None) -> str | None:
+    """The chat template of ``pretrained``'s tokenizer, made to take string message content,
+    or None when it takes it already, has no single template, or cannot be read.
+
+    The templates of llava-hf checkpoints (LLaVA-OneVision's conversion, and llava-hf
+    checkpoints whose tokenizer got the processor's template) read ``message['content']`` as
+    a list of typed items; ``llava_hf`` passes a string, which they render as nothing. The
+    fix prepends :data:`_TYPED_CONTENT`, so that a string is rendered as one text item,
+    exactly as the processor's typed messages are.
+    """
+    from transformers import AutoTokenizer
+
+    try:
+        kwargs = {"revision": revision} if revision else {}
+        tokenizer = AutoTokenizer.from_pretrained(pretrained, **kwargs)
+    except Exception:  # noqa: BLE001 - the base reports an unreadable checkpoint itself
+        return None
+    template = getattr(tokenizer, "chat_template", None)
+    if not isinstance(template, str) or _renders_string_content(tokenizer, template):
+        return None
+    fixed = _TYPED_CONTENT + template
+    return fixed if _renders_string_content(tokenizer, fixed) else None
+
+
 def check_batch_size(base: str, batch_size: Any) -> None:
     """Refuse up front a batch size the base would assert on mid-evaluation."""
     if base in ONE_REQUEST_BASES and str(batch_size).isdigit() and int(batch_size) > 1:
         raise MMNeuronError(
             f"lmms-eval 0.7.3's {base!r} generates one request at a time; use batch size 1"
         )
+
+
+def honour_dtype(model: torch.nn.Module, dtype: Any) -> None:
+    """Cast ``model`` to ``dtype`` (a ``torch`` dtype name, or ``auto``/None: nothing asked)
+    when the base loaded it in another (``internvl_hf`` hard-codes bfloat16). The bases cast
+    their inputs to the model's dtype at each request, so the cast model runs as loaded."""
+    if dtype in (None, "", "auto"):
+        return
+    wanted = dtype if isinstance(dtype, torch.dtype) else getattr(torch, str(dtype), None)
+    if not isinstance(wanted, torch.dtype):
+        return  # the base has accepted or refused it already
+    if any(p.is_floating_point() and p.dtype != wanted for p in model.parameters()):
+        model.to(wanted)
 
 
 @contextlib.contextmanager
@@ -203,3 +288,37 @@ def loglikelihood_output(nll: float, is_greedy: bool) -> Any:
     from lmms_eval.api.instance import GenerationResult
 
     return GenerationResult(text=(nll, is_greedy))
+
+
+def check_chat_tasks(base: str, is_simple: bool, tasks: Sequence[str], manager: Any) -> None:
+    """Refuse, naming it, a task that is not a generation task when the base ``base`` is a
+    chat model (``is_simple`` false): cheap, so callers check before loading the model.
+
+    lmms-eval 0.7.3 builds the requests of a chat model from ``ConfigurableMessagesTask``,
+    which asserts "Currently messages is used for generation only" for loglikelihood and
+    multiple-choice tasks (so the ``mmneuron`` model's own loglikelihood is never asked).
+    Only tasks are checked (a group's tasks are left to lmms-eval); a release whose chat
+    requests take other output types is let through.
+    """
+    if is_simple:
+        return
+    from lmms_eval.api.task import ConfigurableMessagesTask
+    from lmms_eval.utils import load_yaml_config
+
+    try:
+        source = inspect.getsource(ConfigurableMessagesTask.construct_requests)
+    except (OSError, TypeError):  # no source to read: assume the 0.7.3 behaviour
+        source = "used for generation only"
+    if "used for generation only" not in source:
+        return
+    for name in tasks:
+        entry = manager.task_index.get(name, {})
+        if entry.get("type") != "task":
+            continue
+        config = load_yaml_config(yaml_path=entry["yaml_path"], mode="simple")
+        output = config.get("output_type", "generate_until")
+        if not str(output).startswith("generate"):
+            raise MMNeuronError(
+                f"task {name!r} is a {output} task, but lmms-eval model {base!r} is a chat "
+                "model, for which lmms-eval 0.7.3 builds generation requests only"
+            )

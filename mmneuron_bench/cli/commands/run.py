@@ -199,6 +199,7 @@ def run(
     plugin_args = _intervention_args(interventions)
     check_output_folder(output)
     from mmneuron_bench.domains.tasks import task_manager
+    from mmneuron_bench.lmms import workarounds
     from mmneuron_bench.lmms.evaluate import lmms_eval_logs_to_stderr
     from mmneuron_bench.lmms.model import interventions_from_args, pick_base
 
@@ -207,6 +208,8 @@ def run(
     adapter, base_name = pick_base(model.pretrained, model.adapter_name, base)
     modules = preset_module_sets(modules, preset, adapter)
     manager = task_manager(names, include_paths, base_name)
+    base_cls = workarounds.import_base(base_name)  # a chat base takes generation tasks only
+    workarounds.check_chat_tasks(base_name, getattr(base_cls, "is_simple", True), names, manager)
     settings = {
         "tasks": names,
         "include_paths": [os.fspath(p) for p in include_paths],
