@@ -79,19 +79,38 @@ def model_identity(loaded: LoadedModel, pretrained: str) -> dict:
 
 def fingerprint(model: nn.Module) -> str:
     """sha256 of the config and of every parameter's name and shape: the same architecture
-    and size give the same fingerprint, whatever the dtype or device the model was loaded with.
+    and size give the same fingerprint, whatever the folder, dtype or device it was loaded
+    with."""
+    return _digest(
+        model, _without(model.config.to_dict(), ("dtype", "torch_dtype", "_name_or_path"))
+    )
+
+
+def same_model(recorded: dict, model: nn.Module) -> bool:
+    """Whether a file's ``model`` metadata describes ``model``.
+
+    Files written before 0.2 fingerprinted the config with the folder it was loaded from
+    (``_name_or_path``); for them the fingerprint is recomputed with the recorded name.
     """
-    config = _without_dtype(model.config.to_dict())
+    found = recorded.get("fingerprint")
+    if found == fingerprint(model):
+        return True
+    config = _without(model.config.to_dict(), ("dtype", "torch_dtype"))
+    config["_name_or_path"] = recorded.get("name_or_path", "")
+    return found == _digest(model, config)
+
+
+def _digest(model: nn.Module, config: dict) -> str:
     digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
     for name, param in model.named_parameters():
         digest.update(f"{name}:{tuple(param.shape)};".encode())
     return digest.hexdigest()
 
 
-def _without_dtype(value: Any) -> Any:
-    """A config dict without its ``dtype`` entries, at every level (sub-configs included)."""
+def _without(value: Any, keys: tuple[str, ...]) -> Any:
+    """A config dict without the entries ``keys``, at every level (sub-configs included)."""
     if isinstance(value, dict):
-        return {k: _without_dtype(v) for k, v in value.items() if k not in ("dtype", "torch_dtype")}
+        return {k: _without(v, keys) for k, v in value.items() if k not in keys}
     if isinstance(value, list):
-        return [_without_dtype(v) for v in value]
+        return [_without(v, keys) for v in value]
     return value

@@ -7,11 +7,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from torch import nn
 
 from mmneuron_bench.errors import MMNeuronError
 from mmneuron_bench.formats.mask import NeuronMask
 from mmneuron_bench.models.adapter import Component
 from mmneuron_bench.models.components import ComponentInfo
+from mmneuron_bench.models.loading import same_model
 from mmneuron_bench.neurons.anatomy import llm_component
 from mmneuron_bench.neurons.scores import TokenNeurons
 from mmneuron_bench.neurons.tokens import token_domain, token_text
@@ -49,11 +51,11 @@ def contribution_mask(
     return NeuronMask(domains, infos, model_meta, METHOD, {**params, "tokens": names}, None, masks)
 
 
-def check_contribution_mask(mask: NeuronMask, model_meta: dict, where: str) -> None:
+def check_contribution_mask(mask: NeuronMask, model: nn.Module, where: str) -> None:
     """Refuse a mask that is not a contribution mask of this very model."""
     if mask.method != METHOD or "tokens" not in mask.params:
         raise MMNeuronError(f"{where} is a {mask.method!r} mask, not a {METHOD!r} neurons file")
-    if mask.model.get("fingerprint") != model_meta["fingerprint"]:
+    if not same_model(mask.model, model):
         raise MMNeuronError(
             f"{where} was found on another model ({mask.model.get('name_or_path')!r}, "
             "fingerprint differs)"
