@@ -17,12 +17,14 @@ from mmneuron_bench.formats.mask import NeuronMask
 from mmneuron_bench.models.loading import resolve_components
 from mmneuron_bench.plugins.registry import DISABLE_AUTOLOAD_ENV
 from mmneuron_bench.testing import write_tiny_task
+from mmneuron_bench.testing.families import families
 
 pytestmark = pytest.mark.slow  # installs packages, runs subprocesses or the demo
 
 PLUGIN_SOURCE = Path(__file__).resolve().parents[1] / "plugins" / "mmneuron-example"
 CLI = [sys.executable, "-c", "from mmneuron_bench.cli import main; main()"]
-BUILTINS = {"llava_next", "llava", "instructblip"}
+# Every built-in adapter is a family of the conformance tests.
+BUILTINS = set(families())
 BLIP2_COMPONENTS = {
     "vision": {"role": "vision", "layers": 3, "width": 48},
     "qformer_query": {"role": "connector", "layers": 2, "width": 44},

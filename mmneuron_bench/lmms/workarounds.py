@@ -12,6 +12,13 @@ release without the trap passes through untouched:
 - ``instructblip`` returns prompt + answer on transformers 5, and both built-in bases turn a
   failed ``generate`` into an empty answer: :func:`checked_generate`.
 - ``llava_hf`` and ``instructblip`` assert batch size 1 mid-run: :func:`check_batch_size`.
+- ``qwen2_vl``, ``qwen2_5_vl`` and ``qwen3_vl`` take no ``dtype`` (any unknown argument is an
+  ``AssertionError``) and choose their dtype themselves: :func:`base_kwargs` drops
+  ``dtype=auto`` and refuses another dtype in one line.
+- ``qwen2_vl`` pads a batch on the tokenizer's side (right gives wrong answers):
+  :func:`pad_left` sets it to the left.
+- ``qwen3_vl`` loads the mixture-of-experts class whenever the path contains ``A<n>B``:
+  :func:`model_class_from_config` picks the class from the config's ``model_type``.
 - The evaluator turns a ``(nll, is_greedy)`` tuple into its ``str``: :func:`loglikelihood_output`.
 - ``evaluate()`` calls ``lm.clean()``, which deletes the model: ``MMNeuronLMM.clean`` keeps it.
 """
@@ -37,6 +44,8 @@ from mmneuron_bench.errors import MMNeuronError
 ECHOING_BASES = ("instructblip",)
 # Bases whose generate_until asserts batch_size_per_gpu == 1 (lmms-eval 0.7.3).
 ONE_REQUEST_BASES = ("llava_hf", "instructblip")
+# Bases that pad a batch on their tokenizer's padding side without forcing left padding.
+LEFT_PADDING_BASES = ("qwen2_vl",)
 
 
 def _unavailable(*_args: Any, **_kwargs: Any) -> None:
@@ -126,12 +135,21 @@ def base_kwargs(cls: type, args: dict[str, Any]) -> dict[str, Any]:
     transformers 5), ``"auto"`` or ``"cuda"`` (both send inputs to CUDA on a CPU machine) gets
     the device instead, unless a ``device_map`` is given (under ``accelerate launch`` the
     bases set the per-process device themselves). ``max_batch_size`` (added by lmms-eval's
-    CLI) is dropped unless the base takes it.
+    CLI) is dropped unless the base takes it, and so is ``dtype=auto`` (a base without a
+    ``dtype`` argument chooses its own: Qwen's load ``auto`` or bfloat16); another ``dtype``
+    for such a base is refused in one line.
     """
     params = inspect.signature(cls.__init__).parameters
     out = dict(args)
     if "max_batch_size" not in params:
         out.pop("max_batch_size", None)
+    if "dtype" not in params and "dtype" in out:
+        dtype = out.pop("dtype")
+        if dtype not in (None, "", "auto"):
+            raise MMNeuronError(
+                f"lmms-eval model {cls.__name__!r} takes no dtype and chooses its own; "
+                f"use dtype auto, not {dtype}"
+            )
     single = int(os.environ.get("WORLD_SIZE", "1")) == 1
     device_map = params.get("device_map")
     if single and device_map is not None and device_map.default in ("", None, "auto", "cuda"):
@@ -140,6 +158,41 @@ def base_kwargs(cls: type, args: dict[str, Any]) -> dict[str, Any]:
             if device:
                 out["device_map"] = str(device)
     return out
+
+
+def pad_left(base_name: str, base: Any) -> None:
+    """Left padding for a base that pads a batch on its tokenizer's side (``qwen2_vl``):
+    a right-padded prompt makes the model continue after padding, which changes answers."""
+    tokenizer = getattr(getattr(base, "processor", None), "tokenizer", None)
+    if base_name in LEFT_PADDING_BASES and getattr(tokenizer, "padding_side", "left") != "left":
+        tokenizer.padding_side = "left"
+
+
+@contextlib.contextmanager
+def model_class_from_config(cls: type) -> Iterator[None]:
+    """While the base is built: its HF class chosen by the config, not the path's text.
+
+    lmms-eval 0.7.3's ``qwen3_vl`` loads ``Qwen3VLMoeForConditionalGeneration`` whenever the
+    path matches ``A\\d+B`` (a dense checkpoint in a folder named ``...-A1B-...`` included);
+    its ``_resolve_model_class(pretrained, is_moe)`` gets ``is_moe`` from the config instead.
+    """
+    module = sys.modules.get(cls.__module__)
+    original = getattr(module, "_resolve_model_class", None)
+    if original is None:
+        yield
+        return
+
+    def resolve(pretrained: str, is_moe: bool) -> Any:
+        from transformers import AutoConfig
+
+        model_type = getattr(AutoConfig.from_pretrained(pretrained), "model_type", "")
+        return original(pretrained, model_type.endswith("_moe"))
+
+    module._resolve_model_class = resolve
+    try:
+        yield
+    finally:
+        module._resolve_model_class = original
 
 
 def check_batch_size(base: str, batch_size: Any) -> None:
