@@ -174,6 +174,31 @@ def test_loglikelihood_of_the_greedy_continuation(qwen):
     assert nll == pytest.approx(expected, abs=1e-4)
 
 
+def test_loglikelihood_requests_run_through_the_wrapper(qwen):
+    """lmms-eval's Qwen models have no loglikelihood; the wrapper's own scores it (its
+    processor loads without torchvision)."""
+    from lmms_eval.api.instance import Instance
+
+    lm = MMNeuronLMM(pretrained=str(qwen["path"]), device="cpu")
+    image = tiny_image(5, (32, 48))
+    lm.task_dict = lm.base.task_dict = {"t": {"test": [{"image": image}]}}
+    requests = [
+        Instance(
+            "loglikelihood",
+            (QUESTIONS[0], f" {word}", lambda d: [d["image"]], 0, "t", "test"),
+            i,
+            {"task": "t", "doc_id": 0, "repeats": 1},
+        )
+        for i, word in enumerate(("red", "blue"))
+    ]
+    got = [r.text for r in lm.loglikelihood(requests)]
+    expected = [
+        continuation_nll(lm.adapter, lm._processor, lm.model, image, QUESTIONS[0], f" {word}")
+        for word in ("red", "blue")
+    ]
+    assert got == expected and got[0] != got[1]
+
+
 def test_qwen2_vl_batches_pad_left_whatever_the_tokenizer_says(tiny_checkpoint_dir, tmp_path):
     path = tmp_path / "right_padded"
     shutil.copytree(tiny_checkpoint_dir["qwen2_vl"], path)
