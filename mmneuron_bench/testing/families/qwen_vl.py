@@ -12,8 +12,8 @@ so that lmms-eval's resizing (multiples of 28 / 32) gives valid grids. The token
 word-level with the Qwen special tokens (``<|endoftext|>`` pads, ``<|im_end|>`` ends, no BOS,
 left padding) and the Qwen chat templates (Qwen3-VL's adds no default system prompt).
 
-Full-size configs (no hub here; each checked against other copies, see the research notes of
-the family): ``Qwen-Qwen2-VL-7B-Instruct`` from a re-saved copy of the snapshot a7a06a1 with
+Full-size configs (no hub here, so each was assembled from public copies and cross-checked):
+``Qwen-Qwen2-VL-7B-Instruct`` from a re-saved copy of the snapshot a7a06a1 with
 the original vision config (depth 32, embed 1280, mlp_ratio 4, = transformers' defaults);
 ``Qwen-Qwen2.5-VL-7B-Instruct`` and ``-72B-Instruct`` from the Qwen org's AWQ configs (the 72B
 LLM width 29568 is the unpadded Qwen2-72B value, the AWQ file pads it to 29696), vision fields
