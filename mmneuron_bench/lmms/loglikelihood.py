@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mmneuron_bench.models.adapter import ModelAdapter
+from mmneuron_bench.models.adapter import ModelAdapter, append_tokens
 
 
 def continuation_nll(
@@ -38,18 +38,14 @@ def continuation_nll(
         return 0.0, True
     inputs = adapter.build_inputs(processor, [image], [context])
     cont = torch.tensor([cont_ids], dtype=inputs["input_ids"].dtype)
-    inputs["input_ids"] = torch.cat([inputs["input_ids"], cont], dim=1)
-    inputs["attention_mask"] = torch.cat(
-        [inputs["attention_mask"], torch.ones_like(cont, dtype=inputs["attention_mask"].dtype)],
-        dim=1,
-    )
+    inputs = append_tokens(inputs, cont)  # mm_token_type_ids and the like grow too
     param = next(model.parameters())
     batch = {
         key: value.to(param.device, param.dtype if value.is_floating_point() else None)
         for key, value in inputs.items()
     }
     with torch.inference_mode():
-        logits = model(**batch).logits
+        logits = model(**adapter.forward_kwargs(batch)).logits
     k = len(cont_ids)
     log_probs = logits[0, -k - 1 : -1].float().log_softmax(-1)
     target = cont[0].to(log_probs.device)

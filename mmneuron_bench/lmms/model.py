@@ -91,8 +91,10 @@ class MMNeuronLMM(lmms):
         built = [*interventions, *interventions_from_args(args)]
         workarounds.check_batch_size(self.base_name, args.get("batch_size", 1))
         base_cls = workarounds.import_base(self.base_name)
-        with video_stand_in():
-            self.base = base_cls(**workarounds.base_kwargs(base_cls, args))
+        kwargs = workarounds.base_kwargs(base_cls, args)
+        with video_stand_in(), workarounds.model_class_from_config(base_cls):
+            self.base = base_cls(**kwargs)
+        workarounds.pad_left(self.base_name, self.base)
         # lmms-eval builds plain or chat requests from the instance's flag: the base's.
         self.is_simple = getattr(base_cls, "is_simple", True)
         if not isinstance(getattr(self.base, "model", None), torch.nn.Module):

@@ -17,8 +17,13 @@ release without the trap passes through untouched:
 - ``instructblip`` returns prompt + answer on transformers 5, and both built-in bases turn a
   failed ``generate`` into an empty answer: :func:`checked_generate`.
 - ``llava_hf`` and ``instructblip`` assert batch size 1 mid-run: :func:`check_batch_size`.
-- ``internvl_hf`` loads the weights in bfloat16 whatever ``dtype`` says (the argument falls
-  into its ``**kwargs``): :func:`honour_dtype` casts the model to the dtype asked for.
+- A base without a ``dtype`` argument never gets one (the Qwen bases assert on unknown
+  arguments; ``internvl_hf`` swallows it and loads bfloat16): :func:`base_kwargs` drops it and
+  :func:`honour_dtype` casts the loaded model to the dtype asked for.
+- ``qwen2_vl`` pads a batch on the tokenizer's side (right gives wrong answers):
+  :func:`pad_left` sets it to the left.
+- ``qwen3_vl`` loads the mixture-of-experts class whenever the path contains ``A<n>B``:
+  :func:`model_class_from_config` picks the class from the config's ``model_type``.
 - The evaluator turns a ``(nll, is_greedy)`` tuple into its ``str``: :func:`loglikelihood_output`.
 - ``evaluate()`` calls ``lm.clean()``, which deletes the model: ``MMNeuronLMM.clean`` keeps it.
 - With a chat base (``internvl_hf``: no simple class), the evaluator builds chat requests, which
@@ -51,6 +56,8 @@ ONE_REQUEST_BASES = ("llava_hf", "instructblip")
 # Bases that give the tokenizer's chat template string message content and take a
 # `chat_template` argument that replaces the tokenizer's (lmms-eval 0.7.3).
 STRING_CONTENT_BASES = ("llava_hf",)
+# Bases that pad a batch on their tokenizer's padding side without forcing left padding.
+LEFT_PADDING_BASES = ("qwen2_vl",)
 
 
 def _unavailable(*_args: Any, **_kwargs: Any) -> None:
@@ -140,9 +147,10 @@ def base_kwargs(cls: type, args: dict[str, Any]) -> dict[str, Any]:
     transformers 5), ``"auto"`` or ``"cuda"`` (both send inputs to CUDA on a CPU machine) gets
     the device instead, unless a ``device_map`` is given (under ``accelerate launch`` the
     bases set the per-process device themselves). ``max_batch_size`` (added by lmms-eval's
-    CLI) is dropped unless the base takes it. A base of :data:`STRING_CONTENT_BASES` whose
-    checkpoint's chat template drops string content gets ``chat_template`` (unless given):
-    that template reading string content (:func:`string_content_template`).
+    CLI) is dropped unless the base takes it, and so is ``dtype`` (:func:`honour_dtype` casts
+    the loaded model). A base of :data:`STRING_CONTENT_BASES` whose checkpoint's chat template
+    drops string content gets ``chat_template`` (unless given): that template reading string
+    content (:func:`string_content_template`).
     """
     params = inspect.signature(cls.__init__).parameters
     out = dict(args)
@@ -154,6 +162,8 @@ def base_kwargs(cls: type, args: dict[str, Any]) -> dict[str, Any]:
                 out["chat_template"] = template
     if "max_batch_size" not in params:
         out.pop("max_batch_size", None)
+    if "dtype" not in params:
+        out.pop("dtype", None)
     single = int(os.environ.get("WORLD_SIZE", "1")) == 1
     device_map = params.get("device_map")
     if single and device_map is not None and device_map.default in ("", None, "auto", "cuda"):
@@ -212,6 +222,41 @@ def string_content_template(pretrained: str, revision: str | None = None) -> str
         return None
     fixed = _TYPED_CONTENT + template
     return fixed if _renders_string_content(tokenizer, fixed) else None
+
+
+def pad_left(base_name: str, base: Any) -> None:
+    """Left padding for a base that pads a batch on its tokenizer's side (``qwen2_vl``):
+    a right-padded prompt makes the model continue after padding, which changes answers."""
+    tokenizer = getattr(getattr(base, "processor", None), "tokenizer", None)
+    if base_name in LEFT_PADDING_BASES and getattr(tokenizer, "padding_side", "left") != "left":
+        tokenizer.padding_side = "left"
+
+
+@contextlib.contextmanager
+def model_class_from_config(cls: type) -> Iterator[None]:
+    """While the base is built: its HF class chosen by the config, not the path's text.
+
+    lmms-eval 0.7.3's ``qwen3_vl`` loads ``Qwen3VLMoeForConditionalGeneration`` whenever the
+    path matches ``A\\d+B`` (a dense checkpoint in a folder named ``...-A1B-...`` included);
+    its ``_resolve_model_class(pretrained, is_moe)`` gets ``is_moe`` from the config instead.
+    """
+    module = sys.modules.get(cls.__module__)
+    original = getattr(module, "_resolve_model_class", None)
+    if original is None:
+        yield
+        return
+
+    def resolve(pretrained: str, is_moe: bool) -> Any:
+        from transformers import AutoConfig
+
+        model_type = getattr(AutoConfig.from_pretrained(pretrained), "model_type", "")
+        return original(pretrained, model_type.endswith("_moe"))
+
+    module._resolve_model_class = resolve
+    try:
+        yield
+    finally:
+        module._resolve_model_class = original
 
 
 def check_batch_size(base: str, batch_size: Any) -> None:

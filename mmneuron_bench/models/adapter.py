@@ -70,6 +70,30 @@ def real_positions(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
+def append_tokens(inputs: dict, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> dict:
+    """``inputs`` with ``tokens`` (``[batch, n]``) appended to the language model's sequence.
+
+    Every per-token input the processor returned grows with it: ``input_ids`` by ``tokens``,
+    ``attention_mask`` by ``mask`` (default: ones), and token-type inputs such as Qwen-VL's
+    ``mm_token_type_ids`` (which the model requires to be as long as ``input_ids``) by 0, the
+    text type. Other inputs (pixels, image grids, a Q-Former's own text) are left as they are.
+    """
+    ids = inputs["input_ids"]
+    tokens = tokens.to(ids.device, ids.dtype)
+    mask = torch.ones_like(tokens) if mask is None else mask.to(ids.device)
+    out = dict(inputs)
+    for key, value in inputs.items():
+        if not isinstance(value, torch.Tensor) or value.shape != ids.shape:
+            continue
+        if key == "input_ids":
+            out[key] = torch.cat([value, tokens], dim=1)
+        elif key == "attention_mask":
+            out[key] = torch.cat([value, mask.to(value.dtype)], dim=1)
+        elif key.endswith("token_type_ids"):
+            out[key] = torch.cat([value, torch.zeros_like(tokens, dtype=value.dtype)], dim=1)
+    return out
+
+
 def get_module(model: nn.Module, path: str, adapter: str, what: str) -> nn.Module:
     """``model.get_submodule(path)`` with an error that names the adapter and the path."""
     try:
@@ -115,6 +139,9 @@ class ModelAdapter:
         "llm": "llm",
         "all": "all",
     }
+    # Model types of the family this adapter knows and refuses: {model_type: reason} (a
+    # mixture-of-experts variant without per-expert neurons). Said when no adapter handles it.
+    refused_model_types: ClassVar[dict[str, str]] = {}
     decoder_layers: ClassVar[str]
     final_norm: ClassVar[str]
     lm_head: ClassVar[str]
@@ -136,6 +163,10 @@ class ModelAdapter:
         if getattr(config, "model_type", None) in self.model_types:
             return True
         return bool(set(getattr(config, "architectures", None) or ()) & set(self.architectures))
+
+    def refusal(self, config: Any) -> str | None:
+        """Why this adapter refuses a model of this config (None: it does not refuse it)."""
+        return self.refused_model_types.get(getattr(config, "model_type", None))
 
     def model_cls(self) -> type:
         import transformers

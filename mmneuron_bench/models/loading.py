@@ -32,6 +32,11 @@ def pick_adapter(registry: PluginRegistry, config: Any, adapter_name: str | None
         return registry.adapter_for_config(config)
     adapter = registry.adapter(adapter_name)
     if not adapter.handles(config):
+        reason = adapter.refusal(config)
+        if reason:
+            raise AdapterError(
+                f"adapter {adapter_name!r}, model type {config.model_type!r}: {reason}"
+            )
         raise AdapterError(
             f"adapter {adapter_name!r} does not handle model type {config.model_type!r}"
         )

@@ -73,6 +73,10 @@ class PluginRegistry:
             if entry.adapter.handles(config):
                 return entry.adapter
         kind = getattr(config, "model_type", type(config).__name__)
+        for entry in self.adapters.values():
+            reason = entry.adapter.refusal(config)
+            if reason:
+                raise AdapterError(f"model type {kind!r}: {reason}")
         raise AdapterError(f"no installed adapter handles model type {kind!r}")
 
     def intervention_kind(self, name: str) -> InterventionKind:
