@@ -45,17 +45,14 @@ class InstructBlipAdapter(ModelAdapter):
         code's literal '<image>' would add one more image token under transformers 5)."""
         return question
 
-    def build_inputs(
-        self, processor: Any, images: list, questions: list[str], paper: bool = False
-    ) -> dict:
+    def encode(self, processor: Any, images: list, texts: list[str]) -> dict:
         """As the processor builds them, but with the Q-Former's instruction right-padded.
 
         The processor pads the Q-Former text on the language model's side (left); the
         Q-Former's learned absolute positions would then depend on the batch's longest
         question, and so would every query activation.
         """
-        inputs = super().build_inputs(processor, images, questions, paper)
-        texts = [self.format_prompt(processor, q) for q in questions]
+        inputs = super().encode(processor, images, texts)
         qformer = processor.qformer_tokenizer(
             texts, padding=True, padding_side="right", truncation=True, return_tensors="pt"
         )

@@ -116,7 +116,11 @@ class QwenVLAdapter(ModelAdapter):
         ]
         return processor.apply_chat_template(messages, add_generation_prompt=True)
 
-    def build_inputs(self, processor: Any, images: list, questions: list[str]) -> dict:
+    def paper_prompt(self, processor: Any, question: str) -> str:
+        """The image between its vision start and end tokens, a new line, the bare question."""
+        return f"<|vision_start|>{processor.image_token}<|vision_end|>\n{question}"
+
+    def encode(self, processor: Any, images: list, texts: list[str]) -> dict:
         """The processor's inputs for the images lmms-eval's Qwen model would see.
 
         Each image is prepared as lmms-eval 0.7.3's model prepares it with its default
@@ -128,7 +132,6 @@ class QwenVLAdapter(ModelAdapter):
             lmms_eval_image(image, self.resize_factor, self.min_pixels, self.max_pixels, self.jpeg)
             for image in images
         ]
-        texts = [self.format_prompt(processor, q) for q in questions]
         return processor(
             images=prepared,
             text=texts,

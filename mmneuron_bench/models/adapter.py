@@ -319,7 +319,10 @@ class ModelAdapter:
     ) -> dict:
         """Processor inputs for a batch of one image and one question per sample, prompted as
         lmms-eval's models prompt (:meth:`format_prompt`) or, with ``paper``, as the paper
-        recorded (:meth:`paper_prompt`)."""
+        recorded (:meth:`paper_prompt`), encoded by :meth:`encode`."""
         prompt = self.paper_prompt if paper else self.format_prompt
-        texts = [prompt(processor, q) for q in questions]
+        return self.encode(processor, images, [prompt(processor, q) for q in questions])
+
+    def encode(self, processor: Any, images: list, texts: list[str]) -> dict:
+        """The processor on a batch of prompts (one image each), padded."""
         return processor(images=images, text=texts, padding=True, return_tensors="pt")
