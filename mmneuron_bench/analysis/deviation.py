@@ -16,7 +16,7 @@ from mmneuron_bench.errors import AdapterError, MMNeuronError
 from mmneuron_bench.formats.mask import NeuronMask
 from mmneuron_bench.formats.outputs import write_csv, write_json
 from mmneuron_bench.interventions.mask import Deactivation
-from mmneuron_bench.interventions.targets import MODULE_SETS, parse_modules
+from mmneuron_bench.interventions.targets import MODULE_SETS, check_module_set
 from mmneuron_bench.models.adapter import PAD, LoadedModel
 from mmneuron_bench.models.hooks import forward_hooks
 from mmneuron_bench.selection.random import select_random_like
@@ -116,7 +116,7 @@ def measure_deviation(
     Each sample's unmasked hidden states are computed once and compared with one masked
     forward per module set and mask (the DAPE mask, then each random seed).
     """
-    roles = {s: parse_modules(s) for s in module_sets}
+    roles = {s: check_module_set(s, loaded.adapter) for s in module_sets}
     components = loaded.adapter.resolve(loaded.model)
     rows = []
     for task, domain in task_domains.items():

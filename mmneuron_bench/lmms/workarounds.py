@@ -7,8 +7,11 @@ release without the trap passes through untouched:
   ``qwen_vl_utils`` imports torchvision (lmms-eval then sets its reader to None):
   :func:`import_base` imports them with stand-in modules (only while importing, only for the
   libraries that are missing).
-- ``llava_hf`` passes ``device_map=""`` to ``from_pretrained``, which transformers 5 refuses:
+- ``llava_hf`` passes ``device_map=""`` to ``from_pretrained``, which transformers 5 refuses,
+  and ``gemma3``'s ``device_map="auto"`` sends inputs to CUDA on a CPU machine:
   :func:`base_kwargs` sets ``device_map`` to the device in a single process.
+- ``gemma3`` takes no ``dtype`` (it loads bfloat16) and asserts that no unknown argument
+  came: :func:`base_kwargs` drops ``dtype=auto`` and refuses another dtype in one line.
 - ``instructblip`` returns prompt + answer on transformers 5, and both built-in bases turn a
   failed ``generate`` into an empty answer: :func:`checked_generate`.
 - ``llava_hf`` and ``instructblip`` assert batch size 1 mid-run: :func:`check_batch_size`.
@@ -126,12 +129,22 @@ def base_kwargs(cls: type, args: dict[str, Any]) -> dict[str, Any]:
     transformers 5), ``"auto"`` or ``"cuda"`` (both send inputs to CUDA on a CPU machine) gets
     the device instead, unless a ``device_map`` is given (under ``accelerate launch`` the
     bases set the per-process device themselves). ``max_batch_size`` (added by lmms-eval's
-    CLI) is dropped unless the base takes it.
+    CLI) is dropped unless the base takes it, and so is ``dtype=auto`` for a base without a
+    dtype parameter (``gemma3`` loads bfloat16 and asserts that no other argument came);
+    another dtype is refused for such a base.
     """
     params = inspect.signature(cls.__init__).parameters
     out = dict(args)
     if "max_batch_size" not in params:
         out.pop("max_batch_size", None)
+    if "dtype" in out and "dtype" not in params and "torch_dtype" not in params:
+        # gemma3 (and qwen2_vl, ...) choose their dtype and assert that no other kwarg came.
+        dtype = out.pop("dtype")
+        if str(dtype).removeprefix("torch.") not in ("auto", "None"):
+            raise MMNeuronError(
+                f"lmms-eval model {cls.__name__!r} takes no dtype (it chooses its own); "
+                f"dtype {str(dtype).removeprefix('torch.')!r} cannot be applied (use auto)"
+            )
     single = int(os.environ.get("WORLD_SIZE", "1")) == 1
     device_map = params.get("device_map")
     if single and device_map is not None and device_map.default in ("", None, "auto", "cuda"):

@@ -8,6 +8,8 @@ loudly, naming itself, instead of silently recording nothing.
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -51,11 +53,21 @@ class Component:
 
 @dataclass(frozen=True)
 class LanguageModelParts:
-    """The pieces of the language model that hidden-state and logit-lens analyses need."""
+    """The pieces of the language model that hidden-state and logit-lens analyses need.
+
+    ``finish`` is the model's own processing of the LM head's output (PaliGemma's logit
+    soft-capping), None where the logits are the LM head's output.
+    """
 
     layers: nn.ModuleList
     final_norm: nn.Module
     lm_head: nn.Module
+    finish: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The next-token logits the model gives for decoder output ``hidden`` (logit lens)."""
+        logits = self.lm_head(self.final_norm(hidden))
+        return logits if self.finish is None else self.finish(logits)
 
 
 @dataclass
@@ -68,6 +80,13 @@ class LoadedModel:
 def real_positions(attention_mask: torch.Tensor) -> torch.Tensor:
     """``attention_mask.cumsum(-1) - 1`` (clamped at 0): positions that skip padding."""
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def starts_with_bos(processor: Any, texts: list[str]) -> bool:
+    """Whether every text already starts with the tokenizer's ``<bos>`` (a chat template that
+    writes it), so that the tokenizer must not add a second one."""
+    bos = getattr(getattr(processor, "tokenizer", None), "bos_token", None)
+    return bool(bos) and all(text.startswith(bos) for text in texts)
 
 
 def get_module(model: nn.Module, path: str, adapter: str, what: str) -> nn.Module:
@@ -104,7 +123,14 @@ class ModelAdapter:
     # The lmms-eval model that runs this family; None when lmms-eval has none (then the
     # adapter serves recording and analyses, and evaluation names its own base model).
     lmms_eval_model: ClassVar[str | None] = None
+    # Why there is none (said when `run` is asked to evaluate without base=).
+    lmms_eval_missing: ClassVar[str] = ""
     components: ClassVar[tuple[ComponentSpec, ...]]
+    # Roles the family has no neurons of, each with the reason ({"connector": "one Linear, no
+    # activation"}): `adapters` shows it, and a module set naming the role is refused.
+    no_neurons: ClassVar[dict[str, str]] = {}
+    # token_type_ids of text appended after the prompt (PaliGemma: 1, its causal suffix).
+    appended_token_type: ClassVar[int] = 0
     decoder_layers: ClassVar[str]
     final_norm: ClassVar[str]
     lm_head: ClassVar[str]
@@ -120,6 +146,9 @@ class ModelAdapter:
         for spec in self.components:
             if spec.role not in ROLES:
                 raise TypeError(f"component {spec.name!r} has unknown role {spec.role!r}")
+        for role in self.no_neurons:
+            if role not in ROLES or role in {spec.role for spec in self.components}:
+                raise TypeError(f"no_neurons names {role!r}, not a role without components")
 
     def handles(self, config: Any) -> bool:
         """Whether this adapter understands a model with this transformers config."""
@@ -136,14 +165,18 @@ class ModelAdapter:
         self, pretrained: str, dtype: str | torch.dtype = "auto", device: str = "cpu"
     ) -> LoadedModel:
         """Load model and processor through ``from_pretrained`` (local path or hub id)."""
+        model = self.model_cls().from_pretrained(pretrained, dtype=dtype).to(device).eval()
+        return LoadedModel(self, model, self.load_processor(pretrained))
+
+    def load_processor(self, pretrained: str) -> Any:
+        """``AutoProcessor.from_pretrained``, with a stand-in for a video processor that
+        needs torchvision (:func:`~mmneuron_bench.models.compat.video_stand_in`)."""
         import transformers
 
         from mmneuron_bench.models.compat import video_stand_in
 
-        model = self.model_cls().from_pretrained(pretrained, dtype=dtype).to(device).eval()
         with video_stand_in():
-            processor = transformers.AutoProcessor.from_pretrained(pretrained)
-        return LoadedModel(self, model, processor)
+            return transformers.AutoProcessor.from_pretrained(pretrained)
 
     def skeleton(self, config: Any) -> nn.Module:
         """The model built on the meta device: its modules without loading any weights."""
@@ -201,7 +234,14 @@ class ModelAdapter:
             get_module(model, self.decoder_layers, self.name, "decoder layers"),
             get_module(model, self.final_norm, self.name, "final norm"),
             get_module(model, self.lm_head, self.name, "LM head"),
+            self.finish_logits(model),
         )
+
+    def finish_logits(self, model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """What the model's forward does to the LM head's output before returning the logits
+        (None: nothing). The logit lens applies it, so that its last layer is the model's own
+        next-token distribution."""
+        return None
 
     def image_token_id(self, model: nn.Module) -> int:
         """Id of the placeholder token the processor expands into image positions."""
@@ -254,6 +294,25 @@ class ModelAdapter:
         padding-invariant :meth:`position_ids` where the family needs them."""
         positions = self.position_ids(inputs)
         return dict(inputs) if positions is None else {**inputs, "position_ids": positions}
+
+    def append_tokens(
+        self, inputs: dict[str, torch.Tensor], ids: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """``inputs`` with text tokens ``ids`` ``[batch, k]`` appended to the language model's
+        sequence (a loglikelihood continuation, generated tokens for teacher forcing); ``mask``
+        is their attention mask (ones by default). ``token_type_ids``, where the processor
+        gives them, grow by :meth:`appended_token_type` (0: text)."""
+        ids = ids.to(inputs["input_ids"].device, inputs["input_ids"].dtype)
+        mask = torch.ones_like(ids) if mask is None else mask.to(ids.device)
+        out = copy.copy(inputs)  # a BatchFeature stays one
+        out["input_ids"] = torch.cat([inputs["input_ids"], ids], dim=1)
+        attention = inputs["attention_mask"]
+        out["attention_mask"] = torch.cat([attention, mask.to(attention.dtype)], dim=1)
+        types = inputs.get("token_type_ids")
+        if types is not None:
+            added = torch.full_like(ids, self.appended_token_type, dtype=types.dtype)
+            out["token_type_ids"] = torch.cat([types, added], dim=1)
+        return out
 
     def format_prompt(self, processor: Any, question: str) -> str:
         """The text given to the processor for one image and one question.

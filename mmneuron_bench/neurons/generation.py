@@ -159,10 +159,7 @@ def forced_probabilities(
     for b, g in enumerate(generations):
         new[b, : len(g.tokens)] = torch.tensor(g.tokens)
         new_mask[b, : len(g.tokens)] = 1
-    device = inputs["input_ids"].device
-    inputs["input_ids"] = torch.cat([inputs["input_ids"], new.to(device)], dim=1)
-    attention = torch.cat([inputs["attention_mask"], new_mask.to(device)], dim=1)
-    inputs["attention_mask"] = attention
+    inputs = loaded.adapter.append_tokens(inputs, new, new_mask)
     with torch.inference_mode():
         logits = model(**loaded.adapter.forward_kwargs(inputs)).logits
     rows = logits[:, prompt_len - 1 : prompt_len - 1 + longest].float().softmax(-1).cpu()

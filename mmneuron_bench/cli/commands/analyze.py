@@ -71,7 +71,9 @@ def distribution(mask: Path, output: Path) -> None:
     show_default=True,
     help="Random masks of equal size (seeds 0..S-1) to compare with.",
 )
+@click.pass_context
 def deviation(
+    ctx: click.Context,
     model: ModelChoice,
     task_specs,
     include_paths,
@@ -91,6 +93,7 @@ def deviation(
     from mmneuron_bench.formats.outputs import file_reference
     from mmneuron_bench.models.loading import model_identity
 
+    modules, left_out = _module_sets(ctx, model, modules)
     loaded, mask, tasks, domains = _prepare(
         model, task_specs, include_paths, domain, mask_path, output
     )
@@ -105,9 +108,12 @@ def deviation(
         "seeds": seeds,
         "limit": limit,
     }
+    if left_out:
+        header["module_sets_left_out"] = left_out
     paths = write_deviation(rows, header, output_folder(output))
     _print_tables(paths[0])
     click.echo(DEFINITION)
+    _left_out_notes(left_out)
     _wrote(paths)
 
 
@@ -154,6 +160,8 @@ def logit_lens(
         given = given_options(ctx, ("domain", "modules"))
         for option in sorted(given):
             raise click.UsageError(f"--{option} needs --mask")
+    else:
+        _module_sets(ctx, model, modules)
     loaded, mask, tasks, domains = _prepare(
         model, task_specs, include_paths, domain, mask_path, output
     )
@@ -172,6 +180,28 @@ def logit_lens(
     _print_tables(paths[0])
     click.echo(DEFINITION)
     _wrote(paths)
+
+
+def _module_sets(
+    ctx: click.Context, model: ModelChoice, module_sets: list[str]
+) -> tuple[list[str], dict[str, str]]:
+    """Before the model loads: a given ``--modules`` naming a role the model has no neurons
+    of is refused in one line; from the default sets, such a set is left out (with a note)."""
+    from mmneuron_bench.interventions.targets import check_module_set, runnable_module_sets
+    from mmneuron_bench.models.loading import load_config, pick_adapter
+    from mmneuron_bench.plugins.registry import get_registry
+
+    adapter = pick_adapter(get_registry(), load_config(model.pretrained), model.adapter_name)
+    if "modules" in given_options(ctx, ("modules",)):
+        for module_set in module_sets:
+            check_module_set(module_set, adapter)
+        return module_sets, {}
+    return runnable_module_sets(module_sets, adapter)
+
+
+def _left_out_notes(left_out: dict[str, str]) -> None:
+    for module_set, reason in left_out.items():
+        click.echo(f"module set {module_set!r} left out: {reason}", err=True)
 
 
 def _prepare(model: ModelChoice, task_specs, include_paths, domain, mask_path, output):

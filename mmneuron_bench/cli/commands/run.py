@@ -202,12 +202,17 @@ def run(
     plugin_args = _intervention_args(interventions)
     check_output_folder(output)
     from mmneuron_bench.domains.tasks import task_manager
+    from mmneuron_bench.interventions.targets import (
+        MODULE_SETS,
+        check_module_set,
+        runnable_module_sets,
+    )
     from mmneuron_bench.lmms.evaluate import lmms_eval_logs_to_stderr
     from mmneuron_bench.lmms.model import interventions_from_args, pick_base
 
     names = task_names(task_specs)
     lmms_eval_logs_to_stderr()
-    _, base_name = pick_base(model.pretrained, model.adapter_name, base)
+    adapter, base_name = pick_base(model.pretrained, model.adapter_name, base)
     manager = task_manager(names, include_paths, base_name)
     settings = {
         "tasks": names,
@@ -236,9 +241,15 @@ def run(
         settings["interventions"] = plugin_args
     if grid:
         built = interventions_from_args(given)  # files checked before the model loads
-        grid_args = (mask, stats, domain, baseline)
+        # Rows of roles the model has no neurons of are left out, with a note.
+        module_sets, left_out = runnable_module_sets(list(MODULE_SETS), adapter)
+        if left_out:
+            settings["module_sets_left_out"] = left_out
+        grid_args = (mask, stats, domain, baseline, module_sets)
         _run_grid(manager, names, model_args, built, grid_args, settings, output)
         return
+    if mask is not None:
+        check_module_set(modules[0], adapter)
     settings["modules"] = modules[0]
     if mask is not None:
         given.update(mask=mask, modules=modules[0], domain=domain, mode=mode, stats=stats)
@@ -292,12 +303,11 @@ def _run_grid(manager, names, model_args, built, grid_args, settings, output: Pa
     from mmneuron_bench.formats.mask import NeuronMask
     from mmneuron_bench.formats.outputs import write_json
     from mmneuron_bench.formats.stats import ActivationStats
-    from mmneuron_bench.interventions.targets import MODULE_SETS
     from mmneuron_bench.lmms.evaluate import evaluate, provenance
     from mmneuron_bench.lmms.grid import grid_header, grid_tasks, load_cells, plan_cells, run_grid
     from mmneuron_bench.lmms.model import MMNeuronLMM
 
-    mask, stats, domain, baseline = grid_args
+    mask, stats, domain, baseline, module_sets = grid_args
     neuron_mask = NeuronMask.load(mask)
     activation_stats = None if stats is None else ActivationStats.load(stats)
     try:
@@ -308,7 +318,7 @@ def _run_grid(manager, names, model_args, built, grid_args, settings, output: Pa
     tasks = grid_tasks({n: task_objects[n] for n in names}, neuron_mask, domain)
     _check_grid_settings(output, settings, stats)
     lm = MMNeuronLMM(**model_args, interventions=built)
-    header = grid_header(lm.identity(), file_reference(mask), baseline, tasks, list(MODULE_SETS))
+    header = grid_header(lm.identity(), file_reference(mask), baseline, tasks, module_sets)
     done = len(load_cells(output, header))
     output.mkdir(parents=True, exist_ok=True)
     configs = {name: task_objects[name].dump_config() for name in names}
@@ -336,5 +346,7 @@ def _run_grid(manager, names, model_args, built, grid_args, settings, output: Pa
             on_cell=advance,
         )
     print_table(grid_table(header, cells))
+    for module_set, reason in settings.get("module_sets_left_out", {}).items():
+        click.echo(f"module set {module_set!r} left out: {reason}", err=True)
     for name in ("grid.json", "grid.csv", "provenance.json"):
         click.echo(f"wrote {os.fspath(output / name)}")
