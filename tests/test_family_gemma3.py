@@ -173,3 +173,15 @@ def test_analyses_refuse_connector_and_deviation_leaves_it_out_by_default(
     written = json.loads((tmp_path / "d" / "deviation.json").read_text())
     assert [r["module_set"] for r in written["rows"]] == ["none", "vision", "llm", "all"]
     assert "connector" in written["module_sets_left_out"]
+
+
+def test_python_deviation_defaults_to_the_runnable_module_sets(loaded, tasks, mask_path):
+    from mmneuron_bench.analysis.deviation import measure_deviation
+    from mmneuron_bench.domains.tasks import load_tasks
+
+    task_objects = load_tasks([TASKS[0]], [str(tasks)])
+    mask = NeuronMask.load(mask_path)
+    rows = measure_deviation(loaded, task_objects, {TASKS[0]: "common"}, mask, None, 1, 1)
+    assert [r.module_set for r in rows] == ["none", "vision", "llm", "all"]
+    with pytest.raises(MMNeuronError, match="no connector neurons"):
+        measure_deviation(loaded, task_objects, {TASKS[0]: "common"}, mask, ["connector"], 1, 1)
