@@ -16,7 +16,11 @@ from mmneuron_bench.errors import AdapterError, MMNeuronError
 from mmneuron_bench.formats.mask import NeuronMask
 from mmneuron_bench.formats.outputs import write_csv, write_json
 from mmneuron_bench.interventions.mask import Deactivation
-from mmneuron_bench.interventions.targets import MODULE_SETS, parse_modules
+from mmneuron_bench.interventions.targets import (
+    MODULE_SETS,
+    check_module_set,
+    runnable_module_sets,
+)
 from mmneuron_bench.models.adapter import PAD, LoadedModel
 from mmneuron_bench.models.hooks import forward_hooks
 from mmneuron_bench.selection.random import select_random_like
@@ -108,7 +112,7 @@ def measure_deviation(
     tasks: dict[str, Any],
     task_domains: dict[str, str],
     mask: NeuronMask,
-    module_sets: Sequence[str] = tuple(MODULE_SETS),
+    module_sets: Sequence[str] | None = None,
     seeds: int = 3,
     limit: int | None = None,
     on_sample: Callable[[str], None] | None = None,
@@ -116,9 +120,13 @@ def measure_deviation(
     """Deviation rows for every task (with its domain's neurons) and module set.
 
     Each sample's unmasked hidden states are computed once and compared with one masked
-    forward per module set and mask (the DAPE mask, then each random seed).
+    forward per module set and mask (the DAPE mask, then each random seed). ``module_sets``
+    defaults to the paper's five, less those naming a role the model has no neurons of; a
+    given set naming such a role is refused.
     """
-    roles = {s: parse_modules(s) for s in module_sets}
+    if module_sets is None:
+        module_sets = runnable_module_sets(list(MODULE_SETS), loaded.adapter)[0]
+    roles = {s: check_module_set(s, loaded.adapter) for s in module_sets}
     components = loaded.adapter.resolve(loaded.model)
     rows = []
     for task, domain in task_domains.items():

@@ -25,7 +25,7 @@ from mmneuron_bench.errors import AdapterError, MMNeuronError
 from mmneuron_bench.formats.mask import NeuronMask
 from mmneuron_bench.formats.outputs import write_csv, write_json
 from mmneuron_bench.interventions.mask import Deactivation
-from mmneuron_bench.interventions.targets import parse_modules
+from mmneuron_bench.interventions.targets import check_module_set
 from mmneuron_bench.models.adapter import IMAGE, TEXT, LanguageModelParts, LoadedModel
 from mmneuron_bench.models.hooks import forward_hooks
 
@@ -33,7 +33,9 @@ FORMAT = "mmneuron-logit-lens/1"
 KINDS = {"image": IMAGE, "text": TEXT}
 DEFINITION = (
     "For decoder layer l (0-based) and position t of the language model's input, "
-    "H = -sum_v p_v ln p_v in nats with p = softmax(lm_head(final_norm(h_l[t]))), where h_l is "
+    "H = -sum_v p_v ln p_v in nats with p = softmax(lm_head(final_norm(h_l[t]))), followed by "
+    "the model's own processing of the LM head's output where it has one (PaliGemma's logit "
+    "soft-capping), where h_l is "
     "the output of decoder layer l in one prefill forward (the last layer's output is taken "
     "before the final norm, so its lens is the model's own next-token distribution). "
     "mean_entropy is the mean of H over all image positions, or all text positions (the "
@@ -51,7 +53,7 @@ def chunked_entropy(
     flat = hidden.reshape(-1, hidden.shape[-1])
     out = torch.empty(flat.shape[0], dtype=torch.float64, device=flat.device)
     for start in range(0, flat.shape[0], chunk_size):
-        logits = parts.lm_head(parts.final_norm(flat[start : start + chunk_size].unsqueeze(0)))[0]
+        logits = parts.logits(flat[start : start + chunk_size].unsqueeze(0))[0]
         probs = torch.softmax(logits.float(), dim=-1)
         # -p ln p in place (0 where p is 0): two chunk x vocab arrays at most, logits and probs.
         out[start : start + chunk_size] = torch.special.entr(probs, out=probs).sum(-1)
@@ -144,11 +146,11 @@ def measure_logit_lens(
     model = loaded.model
     layers = len(loaded.adapter.language_model(model).layers)
     components = loaded.adapter.resolve(model) if mask is not None else []
+    off = check_module_set(module_set, loaded.adapter) if mask is not None else ()
     results = []
     for task, domain in task_domains.items():
         deactivation = None
         if mask is not None:
-            off = parse_modules(module_set)
             deactivation = Deactivation(components, mask, domain.split("+"), off)
         curves = {"original": LensCurves(layers)}
         if deactivation is not None:

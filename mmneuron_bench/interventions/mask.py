@@ -29,7 +29,12 @@ from mmneuron_bench.formats.common import component_mismatch
 from mmneuron_bench.formats.mask import NeuronMask
 from mmneuron_bench.formats.stats import ActivationStats
 from mmneuron_bench.interventions.base import ORDER_ACTIVATIONS, Intervention, Target
-from mmneuron_bench.interventions.targets import AUTO, DomainChoice, parse_modules
+from mmneuron_bench.interventions.targets import (
+    AUTO,
+    DomainChoice,
+    check_module_set,
+    parse_modules,
+)
 from mmneuron_bench.models.adapter import Component
 from mmneuron_bench.models.hooks import forward_hooks
 
@@ -176,8 +181,9 @@ class MaskIntervention(Intervention):
     """Switches off a mask's neurons of some roles, for each task its domains' neurons.
 
     Everything that can be checked without a task is checked when it is built and attached:
-    the mask (and, for ``mean``, the stats) against the model's components, the roles, the
-    mode and explicit domains.
+    the mask (and, for ``mean``, the stats) against the model's components, the roles (a
+    module set naming a role the model has no neurons of is refused), the mode and explicit
+    domains.
     """
 
     kind = "mask"
@@ -198,6 +204,7 @@ class MaskIntervention(Intervention):
         if mode == "zero" and stats is not None:
             raise MMNeuronError("stats=FILE is used by mode=mean only")
         self.mask = mask
+        self.modules = modules
         self.roles = parse_modules(modules)
         self.choice = domain if isinstance(domain, DomainChoice) else DomainChoice.parse(domain)
         self.choice.check(mask.domains)
@@ -210,6 +217,7 @@ class MaskIntervention(Intervention):
 
     def attach(self, target: Target) -> None:
         self.components = list(target.components)
+        check_module_set(self.modules, target.loaded.adapter)
         self.mask.check_matches({c.name: c.info for c in self.components})
         if not self.choice.per_task and self.choice.default != AUTO:
             self._deactivation(tuple(self.choice.domains("", {}, self.mask.domains)))

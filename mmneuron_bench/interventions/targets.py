@@ -3,7 +3,10 @@
 One grammar each, shared by ``run``, the grid, the analyses and the ``mmneuron`` model:
 
 - a **module set** is ``all``, ``none`` or roles joined by ``+`` (``vision+connector``);
-  commands that run several take them comma-separated (``none,vision,llm``);
+  commands that run several take them comma-separated (``none,vision,llm``). A set that names
+  a role the model has no neurons of (Gemma 3's, PaliGemma's and Idefics3's connectors) is
+  refused in one line (:func:`check_module_set`); the grid and the analyses' default sets
+  leave it out with a note (:func:`runnable_module_sets`);
 - a **domain choice** is ``auto`` (each task its own domain, see :func:`auto_domain`), ``all``,
   mask domains joined by ``+`` (``medical+documents``), or ``TASK=DOMAINS`` for one task
   (repeatable: ``--domain auto --domain vqav2_val=common``).
@@ -69,6 +72,75 @@ def preset_module_sets(names: Sequence[str], preset: str, adapter: Any) -> list[
         return list(names)
     rows = adapter.paper_module_sets
     return [rows.get(name, name) for name in names]
+
+
+def missing_roles(adapter: Any) -> dict[str, str]:
+    """``{role: why}`` for every role the adapter has no component of (Gemma 3's connector:
+    a norm, a pooling and a weight matrix, no activation function), from its ``no_neurons``."""
+    present = {spec.role for spec in adapter.components}
+    return {
+        role: adapter.no_neurons.get(role, "the adapter declares no such component")
+        for role in ROLES
+        if role not in present
+    }
+
+
+def _lacking(module_set: str | Sequence[str], adapter: Any) -> str | None:
+    """Why the model cannot run ``module_set`` (a role it names has no neurons), or None."""
+    if isinstance(module_set, str) and module_set in ("all", "none"):
+        return None
+    missing = missing_roles(adapter)
+    for role in parse_modules(module_set):
+        if role in missing:
+            return f"adapter {adapter.name!r} has no {role} neurons ({missing[role]})"
+    return None
+
+
+def check_module_set(module_set: str | Sequence[str], adapter: Any) -> tuple[str, ...]:
+    """The roles of ``module_set`` (:func:`parse_modules`), refusing in one line a set that
+    names a role the model has no neurons of: it would silently switch nothing off there.
+
+    ``all`` and ``none`` always pass (``all`` switches off every role the model has).
+    """
+    roles = parse_modules(module_set)
+    reason = _lacking(module_set, adapter)
+    if reason is not None:
+        text = module_set if isinstance(module_set, str) else "+".join(module_set)
+        present = [r for r in ROLES if r not in missing_roles(adapter)]
+        raise MMNeuronError(
+            f"module set {text!r}: {reason}, so nothing would be switched off there; "
+            f"use {', '.join([*present, 'all'])}"
+        )
+    return roles
+
+
+def runnable_module_sets(
+    module_sets: Sequence[str], adapter: Any
+) -> tuple[list[str], dict[str, str]]:
+    """The module sets the model can run, and ``{set: why}`` for those left out because they
+    name a role it has no neurons of (the grid's rows, the analyses' default sets)."""
+    kept, left_out = [], {}
+    for module_set in module_sets:
+        reason = _lacking(module_set, adapter)
+        if reason is None:
+            kept.append(module_set)
+        else:
+            left_out[module_set] = reason
+    return kept, left_out
+
+
+def choose_module_sets(
+    names: Sequence[str], given: bool, preset: str, adapter: Any
+) -> tuple[list[str], dict[str, str]]:
+    """The module sets to run, and ``{set: why}`` for those left out: ``names`` read under
+    ``preset``; sets the user ``given`` that name a role the model has no neurons of are
+    refused in one line, default sets of that kind are left out (with a note)."""
+    sets = preset_module_sets(names, preset, adapter)
+    if given:
+        for module_set in sets:
+            check_module_set(module_set, adapter)
+        return sets, {}
+    return runnable_module_sets(sets, adapter)
 
 
 def auto_domain(task: str, mask_domains: Sequence[str], metadata: Mapping[str, Any]) -> list[str]:

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mmneuron_bench.models.adapter import ModelAdapter, append_tokens
+from mmneuron_bench.models.adapter import ModelAdapter
 
 
 def continuation_nll(
@@ -38,7 +38,7 @@ def continuation_nll(
         return 0.0, True
     inputs = adapter.build_inputs(processor, [image], [context])
     cont = torch.tensor([cont_ids], dtype=inputs["input_ids"].dtype)
-    inputs = append_tokens(inputs, cont)  # mm_token_type_ids and the like grow too
+    inputs = adapter.append_tokens(inputs, cont)
     param = next(model.parameters())
     batch = {
         key: value.to(param.device, param.dtype if value.is_floating_point() else None)

@@ -52,7 +52,10 @@ def pick_base(
     )
     base_name = str(base) if base else chosen.lmms_eval_model
     if not base_name:
-        raise MMNeuronError(f"adapter {chosen.name!r} names no lmms-eval model; give base=NAME")
+        why = f" ({chosen.lmms_eval_missing})" if chosen.lmms_eval_missing else ""
+        raise MMNeuronError(
+            f"adapter {chosen.name!r} names no lmms-eval model; give base=NAME{why}"
+        )
     return chosen, base_name
 
 
@@ -255,10 +258,7 @@ class MMNeuronLMM(lmms):
 
     def _loglikelihood(self, requests: list, advance: Callable[[int], None]) -> list:
         if self._processor is None:
-            from transformers import AutoProcessor
-
-            with video_stand_in():
-                self._processor = AutoProcessor.from_pretrained(self.pretrained)
+            self._processor = self.adapter.load_processor(self.pretrained)
         out = []
         for request in requests:
             if len(request.args) != 6:

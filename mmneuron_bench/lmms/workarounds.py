@@ -7,7 +7,8 @@ release without the trap passes through untouched:
   ``qwen_vl_utils`` imports torchvision (lmms-eval then sets its reader to None):
   :func:`import_base` imports them with stand-in modules (only while importing, only for the
   libraries that are missing).
-- ``llava_hf`` passes ``device_map=""`` to ``from_pretrained``, which transformers 5 refuses:
+- ``llava_hf`` passes ``device_map=""`` to ``from_pretrained``, which transformers 5 refuses,
+  and ``gemma3``'s ``device_map="auto"`` sends inputs to CUDA on a CPU machine:
   :func:`base_kwargs` sets ``device_map`` to the device in a single process.
 - ``llava_hf`` gives the tokenizer's chat template string content (``"<image>\n" + question``),
   which the templates of llava-hf checkpoints such as LLaVA-OneVision's render as nothing (they
@@ -17,9 +18,9 @@ release without the trap passes through untouched:
 - ``instructblip`` returns prompt + answer on transformers 5, and both built-in bases turn a
   failed ``generate`` into an empty answer: :func:`checked_generate`.
 - ``llava_hf`` and ``instructblip`` assert batch size 1 mid-run: :func:`check_batch_size`.
-- A base without a ``dtype`` argument never gets one (the Qwen bases assert on unknown
-  arguments; ``internvl_hf`` swallows it and loads bfloat16): :func:`base_kwargs` drops it and
-  :func:`honour_dtype` casts the loaded model to the dtype asked for.
+- A base without a ``dtype`` argument never gets one (the Qwen bases and ``gemma3`` assert
+  on unknown arguments; ``internvl_hf`` swallows it and loads bfloat16): :func:`base_kwargs`
+  drops it and :func:`honour_dtype` casts the loaded model to the dtype asked for.
 - ``qwen2_vl`` pads a batch on the tokenizer's side (right gives wrong answers):
   :func:`pad_left` sets it to the left.
 - ``qwen3_vl`` loads the mixture-of-experts class whenever the path contains ``A<n>B``:

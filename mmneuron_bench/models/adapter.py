@@ -8,6 +8,8 @@ loudly, naming itself, instead of silently recording nothing.
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -51,11 +53,21 @@ class Component:
 
 @dataclass(frozen=True)
 class LanguageModelParts:
-    """The pieces of the language model that hidden-state and logit-lens analyses need."""
+    """The pieces of the language model that hidden-state and logit-lens analyses need.
+
+    ``finish`` is the model's own processing of the LM head's output (PaliGemma's logit
+    soft-capping), None where the logits are the LM head's output.
+    """
 
     layers: nn.ModuleList
     final_norm: nn.Module
     lm_head: nn.Module
+    finish: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The next-token logits the model gives for decoder output ``hidden`` (logit lens)."""
+        logits = self.lm_head(self.final_norm(hidden))
+        return logits if self.finish is None else self.finish(logits)
 
 
 @dataclass
@@ -70,28 +82,11 @@ def real_positions(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def append_tokens(inputs: dict, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> dict:
-    """``inputs`` with ``tokens`` (``[batch, n]``) appended to the language model's sequence.
-
-    Every per-token input the processor returned grows with it: ``input_ids`` by ``tokens``,
-    ``attention_mask`` by ``mask`` (default: ones), and token-type inputs such as Qwen-VL's
-    ``mm_token_type_ids`` (which the model requires to be as long as ``input_ids``) by 0, the
-    text type. Other inputs (pixels, image grids, a Q-Former's own text) are left as they are.
-    """
-    ids = inputs["input_ids"]
-    tokens = tokens.to(ids.device, ids.dtype)
-    mask = torch.ones_like(tokens) if mask is None else mask.to(ids.device)
-    out = dict(inputs)
-    for key, value in inputs.items():
-        if not isinstance(value, torch.Tensor) or value.shape != ids.shape:
-            continue
-        if key == "input_ids":
-            out[key] = torch.cat([value, tokens], dim=1)
-        elif key == "attention_mask":
-            out[key] = torch.cat([value, mask.to(value.dtype)], dim=1)
-        elif key.endswith("token_type_ids"):
-            out[key] = torch.cat([value, torch.zeros_like(tokens, dtype=value.dtype)], dim=1)
-    return out
+def starts_with_bos(processor: Any, texts: list[str]) -> bool:
+    """Whether every text already starts with the tokenizer's ``<bos>`` (a chat template that
+    writes it), so that the tokenizer must not add a second one."""
+    bos = getattr(getattr(processor, "tokenizer", None), "bos_token", None)
+    return bool(bos) and all(text.startswith(bos) for text in texts)
 
 
 def get_module(model: nn.Module, path: str, adapter: str, what: str) -> nn.Module:
@@ -128,6 +123,8 @@ class ModelAdapter:
     # The lmms-eval model that runs this family; None when lmms-eval has none (then the
     # adapter serves recording and analyses, and evaluation names its own base model).
     lmms_eval_model: ClassVar[str | None] = None
+    # Why there is none (said when `run` is asked to evaluate without base=).
+    lmms_eval_missing: ClassVar[str] = ""
     components: ClassVar[tuple[ComponentSpec, ...]]
     # The module sets of the paper's Table 1 (``--preset paper``): each row's name and the roles
     # it switches off. MMNeuron's "Vision Encoder" row switches the vision tower off together
@@ -142,6 +139,11 @@ class ModelAdapter:
     # Model types of the family this adapter knows and refuses: {model_type: reason} (a
     # mixture-of-experts variant without per-expert neurons). Said when no adapter handles it.
     refused_model_types: ClassVar[dict[str, str]] = {}
+    # Roles the family has no neurons of, each with the reason ({"connector": "one Linear, no
+    # activation"}): `adapters` shows it, and a module set naming the role is refused.
+    no_neurons: ClassVar[dict[str, str]] = {}
+    # token_type_ids of text appended after the prompt (PaliGemma: 1, its causal suffix).
+    appended_token_type: ClassVar[int] = 0
     decoder_layers: ClassVar[str]
     final_norm: ClassVar[str]
     lm_head: ClassVar[str]
@@ -157,6 +159,9 @@ class ModelAdapter:
         for spec in self.components:
             if spec.role not in ROLES:
                 raise TypeError(f"component {spec.name!r} has unknown role {spec.role!r}")
+        for role in self.no_neurons:
+            if role not in ROLES or role in {spec.role for spec in self.components}:
+                raise TypeError(f"no_neurons names {role!r}, not a role without components")
 
     def handles(self, config: Any) -> bool:
         """Whether this adapter understands a model with this transformers config."""
@@ -177,14 +182,18 @@ class ModelAdapter:
         self, pretrained: str, dtype: str | torch.dtype = "auto", device: str = "cpu"
     ) -> LoadedModel:
         """Load model and processor through ``from_pretrained`` (local path or hub id)."""
+        model = self.model_cls().from_pretrained(pretrained, dtype=dtype).to(device).eval()
+        return LoadedModel(self, model, self.load_processor(pretrained))
+
+    def load_processor(self, pretrained: str) -> Any:
+        """``AutoProcessor.from_pretrained``, with a stand-in for a video processor that
+        needs torchvision (:func:`~mmneuron_bench.models.compat.video_stand_in`)."""
         import transformers
 
         from mmneuron_bench.models.compat import video_stand_in
 
-        model = self.model_cls().from_pretrained(pretrained, dtype=dtype).to(device).eval()
         with video_stand_in():
-            processor = transformers.AutoProcessor.from_pretrained(pretrained)
-        return LoadedModel(self, model, processor)
+            return transformers.AutoProcessor.from_pretrained(pretrained)
 
     def skeleton(self, config: Any) -> nn.Module:
         """The model built on the meta device: its modules without loading any weights."""
@@ -242,7 +251,14 @@ class ModelAdapter:
             get_module(model, self.decoder_layers, self.name, "decoder layers"),
             get_module(model, self.final_norm, self.name, "final norm"),
             get_module(model, self.lm_head, self.name, "LM head"),
+            self.finish_logits(model),
         )
+
+    def finish_logits(self, model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """What the model's forward does to the LM head's output before returning the logits
+        (None: nothing). The logit lens applies it, so that its last layer is the model's own
+        next-token distribution."""
+        return None
 
     def image_token_id(self, model: nn.Module) -> int:
         """Id of the placeholder token the processor expands into image positions."""
@@ -295,6 +311,27 @@ class ModelAdapter:
         padding-invariant :meth:`position_ids` where the family needs them."""
         positions = self.position_ids(inputs)
         return dict(inputs) if positions is None else {**inputs, "position_ids": positions}
+
+    def append_tokens(
+        self, inputs: dict[str, torch.Tensor], ids: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """``inputs`` with text tokens ``ids`` ``[batch, k]`` appended to the language model's
+        sequence (a loglikelihood continuation, generated tokens for teacher forcing); ``mask``
+        is their attention mask (ones by default). ``token_type_ids``, where the processor
+        gives them, grow by :attr:`appended_token_type` (0: text); other token-type inputs
+        (Qwen-VL's ``mm_token_type_ids``) by 0, the text type."""
+        ids = ids.to(inputs["input_ids"].device, inputs["input_ids"].dtype)
+        mask = torch.ones_like(ids) if mask is None else mask.to(ids.device)
+        out = copy.copy(inputs)  # a BatchFeature stays one
+        out["input_ids"] = torch.cat([inputs["input_ids"], ids], dim=1)
+        attention = inputs["attention_mask"]
+        out["attention_mask"] = torch.cat([attention, mask.to(attention.dtype)], dim=1)
+        for key, types in inputs.items():  # token_type_ids, Qwen-VL's mm_token_type_ids, ...
+            if key.endswith("token_type_ids") and isinstance(types, torch.Tensor):
+                kind = self.appended_token_type if key == "token_type_ids" else 0
+                added = torch.full_like(ids, kind, dtype=types.dtype)
+                out[key] = torch.cat([types, added], dim=1)
+        return out
 
     def format_prompt(self, processor: Any, question: str) -> str:
         """The text given to the processor for one image and one question.

@@ -17,7 +17,7 @@ from torch import nn
 
 from mmneuron_bench.domains.tasks import Sample, sample_content
 from mmneuron_bench.errors import MMNeuronError
-from mmneuron_bench.models.adapter import Component, LoadedModel, append_tokens
+from mmneuron_bench.models.adapter import Component, LoadedModel
 from mmneuron_bench.models.hooks import forward_hooks
 from mmneuron_bench.neurons.anatomy import llm_component
 from mmneuron_bench.neurons.scores import TokenActivations
@@ -159,7 +159,7 @@ def forced_probabilities(
     for b, g in enumerate(generations):
         new[b, : len(g.tokens)] = torch.tensor(g.tokens)
         new_mask[b, : len(g.tokens)] = 1
-    inputs = append_tokens(inputs, new, new_mask)  # mm_token_type_ids and the like grow too
+    inputs = loaded.adapter.append_tokens(inputs, new, new_mask)
     with torch.inference_mode():
         logits = model(**loaded.adapter.forward_kwargs(inputs)).logits
     rows = logits[:, prompt_len - 1 : prompt_len - 1 + longest].float().softmax(-1).cpu()

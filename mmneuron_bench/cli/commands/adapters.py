@@ -84,6 +84,8 @@ def adapters(pretrained: str | None, adapter_name: str | None, check: bool, as_j
         click.echo(json.dumps(components_json(components), indent=2))
     else:
         print_table(_components_table(f"{adapter.name}: {pretrained}", components), console)
+        for role, reason in adapter.no_neurons.items():
+            console.print(f"no {role} neurons: {reason}", markup=False, highlight=False)
 
 
 def _adapters_json(registry: PluginRegistry) -> list[dict]:
@@ -95,6 +97,7 @@ def _adapters_json(registry: PluginRegistry) -> list[dict]:
             "model_types": list(entry.adapter.model_types),
             "architectures": list(entry.adapter.architectures),
             "lmms_eval_model": entry.adapter.lmms_eval_model,
+            "no_neurons": dict(entry.adapter.no_neurons),
         }
         for name, entry in registry.adapters.items()
     ]

@@ -22,7 +22,7 @@ from mmneuron_bench.cli.options import (
     task_options,
 )
 from mmneuron_bench.console import progress
-from mmneuron_bench.interventions.targets import MODULE_SETS, preset_module_sets
+from mmneuron_bench.interventions.targets import MODULE_SETS, choose_module_sets
 
 DEFAULT_OUTPUT = Path("mmneuron-results") / "analysis"
 
@@ -72,7 +72,9 @@ def distribution(mask: Path, output: Path) -> None:
     show_default=True,
     help="Random masks of equal size (seeds 0..S-1) to compare with.",
 )
+@click.pass_context
 def deviation(
+    ctx: click.Context,
     model: ModelChoice,
     task_specs,
     include_paths,
@@ -93,7 +95,9 @@ def deviation(
     from mmneuron_bench.formats.outputs import file_reference
     from mmneuron_bench.models.loading import model_identity
 
-    modules = preset_module_sets(modules, preset, model.adapter())
+    modules, left_out = choose_module_sets(
+        modules, "modules" in given_options(ctx, ("modules",)), preset, model.adapter()
+    )
     loaded, mask, tasks, domains = _prepare(
         model, task_specs, include_paths, domain, mask_path, output
     )
@@ -108,9 +112,12 @@ def deviation(
         "seeds": seeds,
         "limit": limit,
     }
+    if left_out:
+        header["module_sets_left_out"] = left_out
     paths = write_deviation(rows, header, output_folder(output))
     _print_tables(paths[0])
     click.echo(DEFINITION)
+    _left_out_notes(left_out)
     _wrote(paths)
 
 
@@ -158,7 +165,8 @@ def logit_lens(
         given = given_options(ctx, ("domain", "modules"))
         for option in sorted(given):
             raise click.UsageError(f"--{option} needs --mask")
-    modules = preset_module_sets(modules, preset, model.adapter())
+    else:
+        modules, _ = choose_module_sets(modules, True, preset, model.adapter())
     loaded, mask, tasks, domains = _prepare(
         model, task_specs, include_paths, domain, mask_path, output
     )
@@ -177,6 +185,11 @@ def logit_lens(
     _print_tables(paths[0])
     click.echo(DEFINITION)
     _wrote(paths)
+
+
+def _left_out_notes(left_out: dict[str, str]) -> None:
+    for module_set, reason in left_out.items():
+        click.echo(f"module set {module_set!r} left out: {reason}", err=True)
 
 
 def _prepare(model: ModelChoice, task_specs, include_paths, domain, mask_path, output):

@@ -27,7 +27,7 @@ from mmneuron_bench.cli.options import (
 from mmneuron_bench.console import print_table, progress
 from mmneuron_bench.errors import MMNeuronError
 from mmneuron_bench.formats.outputs import file_reference
-from mmneuron_bench.interventions.targets import MODULE_SETS, preset_module_sets
+from mmneuron_bench.interventions.targets import MODULE_SETS, choose_module_sets
 from mmneuron_bench.tables import Table
 
 MASK_OPTIONS = ("modules", "domain", "mode", "stats")
@@ -206,7 +206,7 @@ def run(
     names = task_names(task_specs)
     lmms_eval_logs_to_stderr()
     adapter, base_name = pick_base(model.pretrained, model.adapter_name, base)
-    modules = preset_module_sets(modules, preset, adapter)
+    modules_given = "modules" in given_options(ctx, ("modules",))
     manager = task_manager(names, include_paths, base_name)
     base_cls = workarounds.import_base(base_name)  # a chat base takes generation tasks only
     workarounds.check_chat_tasks(base_name, getattr(base_cls, "is_simple", True), names, manager)
@@ -239,16 +239,18 @@ def run(
         settings["interventions"] = plugin_args
     if grid:
         built = interventions_from_args(given)  # files checked before the model loads
-        rows = (
-            modules
-            if "modules" in given_options(ctx, ("modules",))
-            else preset_module_sets(list(MODULE_SETS), preset, adapter)
+        # Default rows naming a role the model has no neurons of are left out, with a note.
+        rows, left_out = choose_module_sets(
+            modules if modules_given else list(MODULE_SETS), modules_given, preset, adapter
         )
+        if left_out:
+            settings["module_sets_left_out"] = left_out
         if random_seeds > 1:
             settings["random_seeds"] = random_seeds
         grid_args = (mask, stats, domain, baseline, rows, random_seeds)
         _run_grid(manager, names, model_args, built, grid_args, settings, output)
         return
+    modules, _ = choose_module_sets(modules, mask is not None, preset, adapter)
     settings["modules"] = modules[0]
     if mask is not None:
         given.update(mask=mask, modules=modules[0], domain=domain, mode=mode, stats=stats)
@@ -355,5 +357,7 @@ def _run_grid(manager, names, model_args, built, grid_args, settings, output: Pa
         )
     for table in grid_tables(header, cells, settings["seed"]):
         print_table(table)
+    for module_set, reason in settings.get("module_sets_left_out", {}).items():
+        click.echo(f"module set {module_set!r} left out: {reason}", err=True)
     for name in ("grid.json", "grid.csv", "provenance.json"):
         click.echo(f"wrote {os.fspath(output / name)}")
