@@ -211,6 +211,14 @@ class MaskIntervention(Intervention):
     def attach(self, target: Target) -> None:
         self.components = list(target.components)
         self.mask.check_matches({c.name: c.info for c in self.components})
+        roles = {c.role for c in self.components}
+        if self.roles and not roles & set(self.roles):
+            asked = "+".join(self.roles)
+            raise MMNeuronError(
+                f"modules={asked}: the model has no {asked} neurons (adapter "
+                f"{target.loaded.adapter.name!r}; its components: "
+                f"{', '.join(f'{c.name} ({c.role})' for c in self.components)})"
+            )
         if not self.choice.per_task and self.choice.default != AUTO:
             self._deactivation(tuple(self.choice.domains("", {}, self.mask.domains)))
 

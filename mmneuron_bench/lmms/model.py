@@ -99,6 +99,7 @@ class MMNeuronLMM(lmms):
             raise MMNeuronError(
                 f"lmms-eval model {self.base_name!r} exposes no transformers model (.model)"
             )
+        workarounds.fill_unset_attributes(self.base, args.get("batch_size", 1))
         # The evaluator fills lm.task_dict; the base reads documents from its own.
         self.task_dict = self.base.task_dict
         self.components = self.adapter.resolve(self.model)

@@ -308,7 +308,9 @@ def _run_grid(manager, names, model_args, built, grid_args, settings, output: Pa
     tasks = grid_tasks({n: task_objects[n] for n in names}, neuron_mask, domain)
     _check_grid_settings(output, settings, stats)
     lm = MMNeuronLMM(**model_args, interventions=built)
-    header = grid_header(lm.identity(), file_reference(mask), baseline, tasks, list(MODULE_SETS))
+    roles = {c.role for c in lm.components}  # a module set of roles the model lacks is no row
+    module_sets = [s for s, r in MODULE_SETS.items() if s in ("none", "all") or roles & set(r)]
+    header = grid_header(lm.identity(), file_reference(mask), baseline, tasks, module_sets)
     done = len(load_cells(output, header))
     output.mkdir(parents=True, exist_ok=True)
     configs = {name: task_objects[name].dump_config() for name in names}
