@@ -3,6 +3,8 @@ cross-attention layer discards, text-only inputs, prompts, and its lmms-eval mod
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from click.testing import CliRunner
@@ -167,3 +169,25 @@ def test_llama_vision_base_gets_the_attributes_it_never_sets(tiny_checkpoint_dir
     assert lm.tokenizer is lm.base.processor.tokenizer
     assert lm.config is lm.model.config
     assert lm.max_length == 512
+
+
+def test_run_refuses_modules_connector_and_the_grid_has_no_connector_row(
+    loaded, tiny_checkpoint_dir, tmp_path
+):
+    write_tiny_task(tmp_path / "tasks", "mllama_common", n_docs=1, seed=1)
+    components = loaded.adapter.resolve(loaded.model)
+    masks = {("common", c.name): torch.ones(c.info.layers, c.info.width, dtype=torch.bool)
+             for c in components}  # fmt: skip
+    model = {"adapter": "mllama", "name_or_path": "x", "fingerprint": "0"}
+    mask = tmp_path / "m.mask.safetensors"
+    infos = {c.name: c.info for c in components}
+    NeuronMask(["common"], infos, model, "dape", {}, None, masks).save(mask)
+    common = ["run", "--pretrained", tiny_checkpoint_dir["mllama"], "--tasks", "mllama_common",
+              "--include-path", tmp_path / "tasks", "--mask", mask]  # fmt: skip
+    refused = _cli(*common, "--modules", "connector", "--output", tmp_path / "one")
+    assert refused.exit_code == 1
+    assert "modules=connector: the model has no connector neurons" in refused.output
+    grid = _cli(*common, "--grid", "--output", tmp_path / "grid")
+    assert grid.exit_code == 0, grid.output
+    written = json.loads((tmp_path / "grid" / "grid.json").read_text())
+    assert written["module_sets"] == ["none", "vision", "llm", "all"]
