@@ -92,6 +92,18 @@ class MllamaAdapter(ModelAdapter):
         in_tile = torch.arange(padded, device=tiles.device) < rows
         return (tiles & in_tile).reshape(-1)
 
+    def extend_inputs(
+        self, inputs: dict[str, torch.Tensor], ids: torch.Tensor, mask: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """Also the cross-attention mask: appended tokens see the images the last token sees
+        (as in ``generate``)."""
+        out = super().extend_inputs(inputs, ids, mask)
+        if "cross_attention_mask" in inputs:
+            cross = inputs["cross_attention_mask"]
+            last = cross[:, -1:].expand(-1, ids.shape[1], *cross.shape[2:])
+            out["cross_attention_mask"] = torch.cat([cross, last], dim=1)
+        return out
+
     def format_prompt(self, processor: Any, question: str) -> str:
         """The chat template (it writes ``<|begin_of_text|>``); without one, the base model's
         ``<|image|><|begin_of_text|>question``."""

@@ -191,3 +191,24 @@ def test_run_refuses_modules_connector_and_the_grid_has_no_connector_row(
     assert grid.exit_code == 0, grid.output
     written = json.loads((tmp_path / "grid" / "grid.json").read_text())
     assert written["module_sets"] == ["none", "vision", "llm", "all"]
+
+
+def test_loglikelihood_extends_the_cross_attention_mask(loaded):
+    """The continuation's tokens see the image: the NLL equals that of the processor's own
+    inputs for prompt + continuation (whose cross-attention mask covers every token)."""
+    from mmneuron_bench.lmms.loglikelihood import continuation_nll
+
+    image, question = tiny_image(3, (32, 16)), QUESTIONS[0]
+    nll, _ = continuation_nll(
+        loaded.adapter, loaded.processor, loaded.model, image, question, " red"
+    )
+    prompt = loaded.adapter.format_prompt(loaded.processor, question)
+    inputs = loaded.processor(
+        images=[[image]], text=[prompt + " red"], add_special_tokens=False, return_tensors="pt"
+    )
+    red = loaded.processor.tokenizer.convert_tokens_to_ids("red")
+    assert int(inputs["input_ids"][0, -1]) == red
+    with torch.inference_mode():
+        logits = loaded.model(**inputs).logits
+    expected = -logits[0, -2].float().log_softmax(-1)[red]
+    assert nll == pytest.approx(float(expected), rel=1e-5)

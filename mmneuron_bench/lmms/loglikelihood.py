@@ -38,11 +38,7 @@ def continuation_nll(
         return 0.0, True
     inputs = adapter.build_inputs(processor, [image], [context])
     cont = torch.tensor([cont_ids], dtype=inputs["input_ids"].dtype)
-    inputs["input_ids"] = torch.cat([inputs["input_ids"], cont], dim=1)
-    inputs["attention_mask"] = torch.cat(
-        [inputs["attention_mask"], torch.ones_like(cont, dtype=inputs["attention_mask"].dtype)],
-        dim=1,
-    )
+    inputs = adapter.extend_inputs(inputs, cont, torch.ones_like(cont))
     param = next(model.parameters())
     batch = {
         key: value.to(param.device, param.dtype if value.is_floating_point() else None)

@@ -261,6 +261,19 @@ class ModelAdapter:
         positions = self.position_ids(inputs)
         return dict(inputs) if positions is None else {**inputs, "position_ids": positions}
 
+    def extend_inputs(
+        self, inputs: dict[str, torch.Tensor], ids: torch.Tensor, mask: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """``inputs`` with the tokens ``ids`` ``[batch, k]`` (attention ``mask``) appended to the
+        language model's sequence, for teacher-forced scoring of a continuation. Families with
+        other per-token inputs extend those too (Llama 3.2 Vision's cross-attention mask)."""
+        input_ids, attention = inputs["input_ids"], inputs["attention_mask"]
+        return {
+            **inputs,
+            "input_ids": torch.cat([input_ids, ids.to(input_ids)], dim=1),
+            "attention_mask": torch.cat([attention, mask.to(attention)], dim=1),
+        }
+
     def format_prompt(self, processor: Any, question: str) -> str:
         """The text given to the processor for one image and one question.
 

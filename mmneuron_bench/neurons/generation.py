@@ -123,7 +123,11 @@ def generate(
         with torch.inference_mode(), capture.hooks(len(batch)) if capture else nullcontext():
             out = model.generate(**inputs, **GREEDY, max_new_tokens=max_new_tokens)
             steps = capture.take() if capture else None
-        new = out[:, inputs["input_ids"].shape[1] :].tolist()
+        # generate() returns the prompt before the new tokens (BLIP-2's too, on transformers 5)
+        ids = inputs["input_ids"]
+        n = ids.shape[1]
+        echoed = out.shape[1] >= n and torch.equal(out[:, :n], ids.to(out.device))
+        new = (out[:, n:] if echoed else out).tolist()
         generations = [
             Generation(s, q, _until_eos(row, eos))
             for s, q, row in zip(batch, questions, new, strict=True)
@@ -159,10 +163,7 @@ def forced_probabilities(
     for b, g in enumerate(generations):
         new[b, : len(g.tokens)] = torch.tensor(g.tokens)
         new_mask[b, : len(g.tokens)] = 1
-    device = inputs["input_ids"].device
-    inputs["input_ids"] = torch.cat([inputs["input_ids"], new.to(device)], dim=1)
-    attention = torch.cat([inputs["attention_mask"], new_mask.to(device)], dim=1)
-    inputs["attention_mask"] = attention
+    inputs = loaded.adapter.extend_inputs(inputs, new, new_mask)
     with torch.inference_mode():
         logits = model(**loaded.adapter.forward_kwargs(inputs)).logits
     rows = logits[:, prompt_len - 1 : prompt_len - 1 + longest].float().softmax(-1).cpu()
