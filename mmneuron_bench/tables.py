@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 
 from rich.table import Table as RichTable
+from rich.text import Text
 
 HEADER_WIDTH = 14  # a header word longer than this (and than its column's cells) wraps
 TEXT_WIDTH = 16  # text columns may be narrowed to this (or their longest word) to fit
@@ -111,7 +112,7 @@ def fitted(table: Table, width: int) -> list[RichTable]:
     parts = []
     for n, columns in enumerate(groups, start=1):
         title = table.caption if len(groups) == 1 else f"{table.caption} ({n}/{len(groups)})"
-        out = RichTable(title=title)
+        out = RichTable(title=Text(title))  # plain text: tokens such as "[/INST]" are no markup
         for i in columns:
             numeric = table.numeric(i)
             out.add_column(
@@ -122,6 +123,6 @@ def fitted(table: Table, width: int) -> list[RichTable]:
                 width=widths[i],
             )
         for row in table.rows:
-            out.add_row(*(row[i] for i in columns))
+            out.add_row(*(Text(row[i]) for i in columns))
         parts.append(out)
     return parts

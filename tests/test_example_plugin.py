@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from mmneuron_bench.formats.mask import NeuronMask
+from mmneuron_bench.formats.stats import ActivationStats
 from mmneuron_bench.models.loading import resolve_components
 from mmneuron_bench.plugins.registry import DISABLE_AUTOLOAD_ENV
 from mmneuron_bench.testing import write_tiny_task
@@ -24,10 +25,10 @@ pytestmark = pytest.mark.slow  # installs packages, runs subprocesses or the dem
 PLUGIN_SOURCE = Path(__file__).resolve().parents[1] / "plugins" / "mmneuron-example"
 CLI = [sys.executable, "-c", "from mmneuron_bench.cli import main; main()"]
 BUILTINS = set(families())  # every built-in adapter has a family of the conformance tests
-BLIP2_COMPONENTS = {
-    "vision": {"role": "vision", "layers": 3, "width": 48},
-    "qformer_query": {"role": "connector", "layers": 2, "width": 44},
-    "llm": {"role": "llm", "layers": 2, "width": 72},
+VIPLLAVA_COMPONENTS = {
+    "vision": {"role": "vision", "layers": 4, "width": 52, "unused_layers": [3]},
+    "projector": {"role": "connector", "layers": 1, "width": 36, "unused_layers": []},
+    "llm": {"role": "llm", "layers": 2, "width": 64, "unused_layers": []},
 }
 
 
@@ -66,12 +67,13 @@ def _adapters(site: Path, **env: str) -> dict[str, dict]:
 
 def test_installed_plugin_is_listed_next_to_the_builtins(site):
     adapters = _adapters(site)
-    assert BUILTINS | {"blip2"} <= set(adapters)
+    assert {"llava_next", "llava", "instructblip", "blip2"} <= BUILTINS
+    assert BUILTINS | {"vipllava"} == set(adapters)
     assert all(adapters[name]["builtin"] for name in BUILTINS)
-    blip2 = adapters["blip2"]
-    assert (blip2["plugin"], blip2["builtin"]) == ("blip2", False)
-    assert blip2["model_types"] == ["blip-2"]
-    assert blip2["lmms_eval_model"] is None
+    vipllava = adapters["vipllava"]
+    assert (vipllava["plugin"], vipllava["builtin"]) == ("vipllava", False)
+    assert vipllava["model_types"] == ["vipllava"]
+    assert vipllava["lmms_eval_model"] is None
 
 
 def test_disabled_autoload_hides_the_plugin(site):
@@ -80,14 +82,25 @@ def test_disabled_autoload_hides_the_plugin(site):
 
 
 def test_plugin_adapter_checks_its_tiny_checkpoint(site, tmp_path):
-    checkpoint = tmp_path / "tiny_blip2"
-    build = "import sys; from mmneuron_example.testing import build_tiny_blip2 as b; b(sys.argv[1])"
+    checkpoint = tmp_path / "tiny_vipllava"
+    build = (
+        "import sys; from mmneuron_example.testing import build_tiny_vipllava as b; b(sys.argv[1])"
+    )
     _run([sys.executable, "-c", build, str(checkpoint)], site)
     out = _run([*CLI, "adapters", "--pretrained", str(checkpoint), "--check", "--json"], site)
     components = json.loads(out)
-    assert set(components) == set(BLIP2_COMPONENTS)
-    for name, expected in BLIP2_COMPONENTS.items():
-        assert components[name].items() >= {**expected, "unused_layers": []}.items()
+    assert set(components) == set(VIPLLAVA_COMPONENTS)
+    for name, expected in VIPLLAVA_COMPONENTS.items():
+        assert components[name].items() >= expected.items()
+    # The plugin's adapter records through the CLI like a built-in one.
+    write_tiny_task(tmp_path / "tasks", "vip_shapes", n_docs=2, seed=3)
+    stats = tmp_path / "vip.stats.safetensors"
+    _run([*CLI, "record", "--pretrained", str(checkpoint), "--domain", "shapes=vip_shapes",
+          "--include-path", str(tmp_path / "tasks"), "--batch-size", "2", "--out", str(stats)],
+         site)  # fmt: skip
+    recorded = ActivationStats.load(stats)
+    assert recorded.model["adapter"] == "vipllava"
+    assert recorded.samples == {"shapes": 2}
 
 
 @pytest.fixture(scope="module")

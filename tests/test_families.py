@@ -104,7 +104,7 @@ def test_counts_equal_an_independent_count_at_any_batch_size(family):
             for layer in range(c.info.layers):
                 rows = seen[(c.name, layer)].reshape(-1, c.info.width)
                 if spec.real_rows is not None:
-                    rows = rows[spec.real_rows(c.name, inputs, rows)]
+                    rows = rows[spec.real_rows(c.name, layer, inputs, rows)]
                 active = (rows > 0).sum(0)
                 assert torch.equal(alone.active[c.name][0, layer], active), (c.name, layer)
                 assert int(alone.tokens[c.name][0, layer]) == rows.shape[0], (c.name, layer)

@@ -105,6 +105,7 @@ class MMNeuronLMM(lmms):
                 f"lmms-eval model {self.base_name!r} exposes no transformers model (.model)"
             )
         workarounds.honour_dtype(self.model, args.get("dtype"))
+        workarounds.fill_unset_attributes(self.base, args.get("batch_size", 1))
         # The evaluator fills lm.task_dict; the base reads documents from its own.
         self.task_dict = self.base.task_dict
         self.components = self.adapter.resolve(self.model)

@@ -15,8 +15,13 @@ release without the trap passes through untouched:
   read typed content only): the prompt loses the question and the image token.
   :func:`base_kwargs` passes llava_hf's own ``chat_template`` argument: the checkpoint's
   template, made to read string content as one text item (:func:`string_content_template`).
-- ``instructblip`` returns prompt + answer on transformers 5, and both built-in bases turn a
-  failed ``generate`` into an empty answer: :func:`checked_generate`.
+- ``mistral3_vl`` defaults its ``temperature`` model argument to 0.6 and samples every task
+  that does not set ``do_sample``: :func:`base_kwargs` passes ``temperature=0`` unless given.
+- ``llama_vision`` never sets the attributes behind its ``batch_size``, ``tokenizer``,
+  ``config`` and ``max_length`` properties (reading them raises): :func:`fill_unset_attributes`.
+- ``instructblip`` returns prompt + answer on transformers 5, and ``llava_hf``,
+  ``instructblip`` and ``mistral3_vl`` turn a failed ``generate`` into an empty answer:
+  :func:`checked_generate`.
 - ``llava_hf`` and ``instructblip`` assert batch size 1 mid-run: :func:`check_batch_size`.
 - A base without a ``dtype`` argument never gets one (the Qwen bases and ``gemma3`` assert
   on unknown arguments; ``internvl_hf`` swallows it and loads bfloat16): :func:`base_kwargs`
@@ -149,12 +154,19 @@ def base_kwargs(cls: type, args: dict[str, Any]) -> dict[str, Any]:
     the device instead, unless a ``device_map`` is given (under ``accelerate launch`` the
     bases set the per-process device themselves). ``max_batch_size`` (added by lmms-eval's
     CLI) is dropped unless the base takes it, and so is ``dtype`` (:func:`honour_dtype` casts
-    the loaded model). A base of :data:`STRING_CONTENT_BASES` whose checkpoint's chat template
-    drops string content gets ``chat_template`` (unless given): that template reading string
-    content (:func:`string_content_template`).
+    the loaded model). A base whose ``temperature`` defaults above 0 (``mistral3_vl``: tasks
+    that do not set ``do_sample`` would be sampled) gets 0 unless one is given. A base of
+    :data:`STRING_CONTENT_BASES` whose checkpoint's chat template drops string content gets
+    ``chat_template`` (unless given): that template reading string content
+    (:func:`string_content_template`).
     """
     params = inspect.signature(cls.__init__).parameters
     out = dict(args)
+    temperature = params.get("temperature")
+    if temperature is not None and "temperature" not in out:
+        default = temperature.default
+        if isinstance(default, (int, float)) and not isinstance(default, bool) and default > 0:
+            out["temperature"] = 0
     base_module = cls.__module__.rsplit(".", 1)[-1]
     if base_module in STRING_CONTENT_BASES and "chat_template" in params and "pretrained" in out:
         if not out.get("chat_template"):
@@ -258,6 +270,38 @@ def model_class_from_config(cls: type) -> Iterator[None]:
         yield
     finally:
         module._resolve_model_class = original
+
+
+# Properties of lmms-eval models and the attributes they read (lmms-eval 0.7.3's llama_vision
+# sets none of these attributes).
+_PROPERTY_ATTRIBUTES = {
+    "batch_size": "batch_size_per_gpu",
+    "tokenizer": "_tokenizer",
+    "config": "_config",
+    "max_length": "_max_length",
+}
+
+
+def fill_unset_attributes(base: Any, batch_size: Any = 1) -> None:
+    """Set the attributes behind the base's ``batch_size``, ``tokenizer``, ``config`` and
+    ``max_length`` properties where reading the property raises AttributeError (only then):
+    the batch size given, the processor's tokenizer, the model's config and its text config's
+    ``max_position_embeddings``."""
+    model = base.model
+    text_config = model.config.get_text_config()
+    values = {
+        "batch_size": lambda: int(batch_size) if str(batch_size).isdigit() else 1,
+        "tokenizer": lambda: getattr(getattr(base, "processor", None), "tokenizer", None),
+        "config": lambda: model.config,
+        "max_length": lambda: getattr(text_config, "max_position_embeddings", 2048),
+    }
+    for name, attribute in _PROPERTY_ATTRIBUTES.items():
+        if not isinstance(getattr(type(base), name, None), property):
+            continue
+        try:
+            getattr(base, name)
+        except AttributeError:
+            setattr(base, attribute, values[name]())
 
 
 def check_batch_size(base: str, batch_size: Any) -> None:

@@ -286,16 +286,22 @@ class ModelAdapter:
         """Real positions per :attr:`ComponentSpec.positions` kind (None: every position).
 
         ``token_scope`` (``all``, ``image`` or ``text``) narrows the language model's
-        positions; vision and connector components see image features only.
+        positions; vision and connector components see image features only. A key
+        ``KIND@LAYER`` overrides ``KIND`` in that layer of a component (Llama 3.2 Vision's
+        cross-attention layers).
         """
+        self.check_token_scope(token_scope)
         roles = self.token_roles(model, inputs)
         wanted = {"all": roles != PAD, "image": roles == IMAGE, "text": roles == TEXT}
-        if token_scope not in wanted:
-            raise ValueError(f"token scope must be all, image or text, not {token_scope!r}")
         kinds: dict[str, torch.Tensor | None] = {"all": None, "llm": wanted[token_scope]}
         if "qformer_attention_mask" in inputs:
             kinds["qformer_text"] = inputs["qformer_attention_mask"].bool()
         return kinds
+
+    def check_token_scope(self, token_scope: str) -> None:
+        """Refuse a token scope this family cannot count (before any model is loaded)."""
+        if token_scope not in ("all", "image", "text"):
+            raise ValueError(f"token scope must be all, image or text, not {token_scope!r}")
 
     def position_ids(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor | None:
         """Position ids that make a padded sample see exactly the positions it has alone.

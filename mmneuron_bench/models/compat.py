@@ -8,6 +8,11 @@ torchvision-backed classes, and the slot's class check looks ``VideoProcessorMix
 project installs cannot load torchvision's wheel, so inside :func:`video_stand_in` the slot gets
 a :class:`NoVideoProcessor` that keeps the saved video settings as attributes (image code reads
 some, such as ``merge_size``) and refuses any video. Nothing is changed when torchvision loads.
+
+Mistral 3's ``PixtralProcessor`` is marked as needing torchvision and imports one helper from
+the torchvision image processor's module, although it works with the PIL image processor:
+:func:`pixtral_processor_stand_in` (called by :func:`video_stand_in`) makes the real class
+loadable.
 """
 
 from __future__ import annotations
@@ -81,6 +86,7 @@ def video_stand_in() -> Iterator[None]:
     if not torchvision_missing():
         yield
         return
+    pixtral_processor_stand_in()
     import transformers
     from transformers.models.auto.video_processing_auto import AutoVideoProcessor
     from transformers.video_processing_utils import VideoProcessorMixin
@@ -99,3 +105,44 @@ def video_stand_in() -> Iterator[None]:
         AutoVideoProcessor.from_pretrained = original
         if not had_mixin:
             del transformers.VideoProcessorMixin
+
+
+_PIXTRAL_TV = "transformers.models.pixtral.image_processing_pixtral"
+
+
+def pixtral_processor_stand_in() -> None:
+    """Make ``PixtralProcessor`` (Mistral 3) loadable without torchvision (idempotent).
+
+    transformers 5.24 declares it ``@requires(backends=("torchvision", "torch"))`` and its module
+    imports ``get_resize_output_image_size`` from the torchvision image processor's module, while
+    the PIL module has the same function; ``AutoProcessor`` then fails for every Mistral 3
+    checkpoint. While the real processor module is imported, a stand-in of the torchvision
+    module holds the PIL function; the real class is then put on the lazy
+    ``transformers.models.pixtral`` module, where ``AutoProcessor`` looks it up. Does nothing
+    when torchvision loads or the class is already there.
+    """
+    import sys
+    import types
+
+    from transformers import ProcessorMixin
+
+    try:
+        import transformers.models.pixtral as pixtral
+    except ImportError:  # a transformers without Pixtral
+        return
+    found = pixtral.__dict__.get("PixtralProcessor")
+    if not torchvision_missing() or (isinstance(found, type) and issubclass(found, ProcessorMixin)):
+        return
+    from transformers.models.pixtral import image_processing_pil_pixtral as pil
+
+    stand_in = _PIXTRAL_TV not in sys.modules
+    if stand_in:
+        module = types.ModuleType(_PIXTRAL_TV, "Stand-in installed by mmneuron-bench.")
+        module.get_resize_output_image_size = pil.get_resize_output_image_size
+        sys.modules[_PIXTRAL_TV] = module
+    try:
+        from transformers.models.pixtral.processing_pixtral import PixtralProcessor
+    finally:
+        if stand_in:
+            del sys.modules[_PIXTRAL_TV]
+    pixtral.PixtralProcessor = PixtralProcessor

@@ -123,7 +123,11 @@ def generate(
         with torch.inference_mode(), capture.hooks(len(batch)) if capture else nullcontext():
             out = model.generate(**inputs, **GREEDY, max_new_tokens=max_new_tokens)
             steps = capture.take() if capture else None
-        new = out[:, inputs["input_ids"].shape[1] :].tolist()
+        # generate() returns the prompt before the new tokens (BLIP-2's too, on transformers 5)
+        ids = inputs["input_ids"]
+        n = ids.shape[1]
+        echoed = out.shape[1] >= n and torch.equal(out[:, :n], ids.to(out.device))
+        new = (out[:, n:] if echoed else out).tolist()
         generations = [
             Generation(s, q, _until_eos(row, eos))
             for s, q, row in zip(batch, questions, new, strict=True)

@@ -64,6 +64,8 @@ class ActivationRecorder:
             raise RuntimeError("ActivationRecorder.set_batch() was not called before a forward")
         values = output.reshape(-1, output.shape[-1]).float()
         kind = component.spec.positions
+        if f"{kind}@{layer}" in self._positions:  # this layer's own positions
+            kind = f"{kind}@{layer}"
         weights, tokens = self._row_weights(kind, values.shape[0], values.device)
         d, name = self._domain, component.name
         self.active[name][d, layer] += _row_weighted_sum(weights, (values > 0).float()).long()

@@ -36,6 +36,15 @@ def _all_reduce(stats: ActivationStats) -> ActivationStats:
     return merge(gathered)
 
 
+def _check_token_scope(model: ModelChoice, token_scope: str) -> None:
+    """Refuse, from the config alone, a token scope the model's family cannot count."""
+    from mmneuron_bench.models.loading import load_config, pick_adapter
+    from mmneuron_bench.plugins.registry import get_registry
+
+    config = load_config(model.pretrained)
+    pick_adapter(get_registry(), config, model.adapter_name).check_token_scope(token_scope)
+
+
 @click.command()
 @model_options
 @click.option(
@@ -93,6 +102,7 @@ def record(
         prompt,
     )
     check_output_files(out)
+    _check_token_scope(model, token_scope)
     state, shard = _distributed_shard()
     on_cuda = shard.world > 1 and model.device.startswith("cuda")
     loaded = model.load(device=str(state.device) if on_cuda else None)

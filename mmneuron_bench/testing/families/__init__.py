@@ -30,8 +30,9 @@ class Family:
     ``lmms_eval_model``: the lmms-eval model that runs it (None: lmms-eval has none, and
     ``run`` says so in one line); ``full_size``: ``{folder under FULL_CONFIGS: components}``
     as ``adapters --pretrained`` must list them from the config alone; ``real_rows``: for
-    families whose activations hold rows that are not tokens (padding tiles), a function
-    ``(component name, inputs, rows) -> bool mask`` of the real rows of a batch-1 forward;
+    families whose activations hold rows that are not tokens (padding tiles, rows a layer
+    discards), a function ``(component name, layer, inputs, rows) -> bool mask`` of the real
+    rows of a batch-1 forward;
     ``answers_move``: False for a tiny checkpoint whose greedy answers no mask changes (its
     MLPs barely touch its random LLM), where the tests check that the logits move instead.
     """
@@ -43,7 +44,7 @@ class Family:
     unused: dict[str, list[int]] = field(default_factory=dict)
     image_sizes: tuple[tuple[int, int], ...] = ((32, 32),)
     full_size: dict[str, dict[str, tuple[str, int, int]]] = field(default_factory=dict)
-    real_rows: Callable[[str, Any, Any], Any] | None = None
+    real_rows: Callable[[str, int, Any, Any], Any] | None = None
     answers_move: bool = True
 
 

@@ -1,6 +1,6 @@
-"""An example mmneuron-bench plugin: the BLIP-2 (OPT) adapter and the ``scale`` intervention."""
+"""An example mmneuron-bench plugin: the VipLlava adapter and the ``scale`` intervention."""
 
-from mmneuron_example.adapter import Blip2Adapter
 from mmneuron_example.scaling import SCALE, Scaling
+from mmneuron_example.vipllava import VipLlavaAdapter
 
-__all__ = ["SCALE", "Blip2Adapter", "Scaling"]
+__all__ = ["SCALE", "Scaling", "VipLlavaAdapter"]
