@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ from mmneuron_bench.domains.tasks import domain_samples, load_tasks, sample_cont
 from mmneuron_bench.errors import MMNeuronError
 from mmneuron_bench.formats.mask import NeuronMask
 from mmneuron_bench.interventions.targets import DomainChoice
+from mmneuron_bench.models.identity import identity_of
 from mmneuron_bench.models.loading import load_model
 from mmneuron_bench.selection.random import select_random_like
 from mmneuron_bench.testing import write_tiny_task
@@ -229,7 +231,7 @@ def run_cli(*args):
 def test_deviation_command_writes_json_and_csv(tiny_llava, tasks, mask, tmp_path):
     root, _ = tasks
     mask_path = tmp_path / "m.mask.safetensors"
-    mask.save(mask_path)
+    replace(mask, model=identity_of(str(tiny_llava))).save(mask_path)
     out = tmp_path / "out"
     result = run_cli(
         "analyze", "deviation", "--pretrained", str(tiny_llava), "--mask", str(mask_path),
@@ -273,7 +275,7 @@ def test_deviation_command_writes_json_and_csv(tiny_llava, tasks, mask, tmp_path
 def test_bad_input_is_a_one_line_error(tiny_llava, tasks, mask, tmp_path, extra, message):
     root, _ = tasks
     mask_path = tmp_path / "m.mask.safetensors"
-    mask.save(mask_path)
+    replace(mask, model=identity_of(str(tiny_llava))).save(mask_path)
     out = tmp_path / "out"
     result = run_cli(
         "analyze", "deviation", "--pretrained", str(tiny_llava), "--mask", str(mask_path),

@@ -15,6 +15,7 @@ import torch
 
 from mmneuron_bench.formats.mask import NeuronMask
 from mmneuron_bench.formats.stats import ActivationStats
+from mmneuron_bench.models.identity import identity_of
 from mmneuron_bench.models.loading import resolve_components
 from mmneuron_bench.plugins.registry import DISABLE_AUTOLOAD_ENV
 from mmneuron_bench.testing import write_tiny_task
@@ -115,7 +116,7 @@ def scaled(site, tiny_llava_next, tmp_path_factory) -> dict:
         for c in components
     }
     infos = {c.name: c.info for c in components}
-    model = {"adapter": "llava_next", "name_or_path": str(tiny_llava_next), "fingerprint": "0"}
+    model = identity_of(str(tiny_llava_next))
     mask = root / "half.mask.safetensors"
     NeuronMask(["d"], infos, model, "random", {}, None, masks).save(mask)
     setting = {"root": root, "mask": mask, "model": tiny_llava_next}

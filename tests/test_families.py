@@ -20,7 +20,7 @@ from mmneuron_bench.lmms.model import MMNeuronLMM
 from mmneuron_bench.lmms.workarounds import ECHOING_BASES, base_kwargs, import_base
 from mmneuron_bench.models.compat import video_stand_in
 from mmneuron_bench.models.hooks import forward_hooks
-from mmneuron_bench.models.loading import load_model
+from mmneuron_bench.models.loading import load_model, model_identity
 from mmneuron_bench.recording.recorder import ActivationRecorder
 from mmneuron_bench.selection.random import random_neurons
 from mmneuron_bench.testing import write_tiny_task
@@ -184,7 +184,7 @@ def test_analyses_and_multimodal_neurons_run(family, tmp_path):
         for d in ("common", "medical") for c in components
     }  # fmt: skip
     infos = {c.name: c.info for c in components}
-    model = {"adapter": loaded.adapter.name, "name_or_path": str(path), "fingerprint": "0"}
+    model = model_identity(loaded, str(path))
     mask_path = tmp_path / "m.mask.safetensors"
     NeuronMask(["common", "medical"], infos, model, "random", {}, None, masks).save(mask_path)
     common = ["--pretrained", path, "--mask", mask_path, "--tasks", ",".join(TASKS),

@@ -17,7 +17,7 @@ from mmneuron_bench.lmms.loglikelihood import continuation_nll
 from mmneuron_bench.lmms.model import MMNeuronLMM
 from mmneuron_bench.lmms.workarounds import base_kwargs, import_base
 from mmneuron_bench.models.adapter import IMAGE, PAD, TEXT
-from mmneuron_bench.models.loading import load_model
+from mmneuron_bench.models.loading import load_model, model_identity
 from mmneuron_bench.testing import tiny_image, write_tiny_task
 
 TASKS = ("g3_common_a", "g3_medical_b")
@@ -55,7 +55,7 @@ def mask_path(loaded, tmp_path_factory):
         for c in components
     }
     infos = {c.name: c.info for c in components}
-    model = {"adapter": "gemma3", "name_or_path": "x", "fingerprint": "0"}
+    model = model_identity(loaded, "x")
     path = tmp_path_factory.mktemp("gemma3_mask") / "g.mask.safetensors"
     NeuronMask(["common", "medical"], infos, model, "random", {}, None, masks).save(path)
     return path

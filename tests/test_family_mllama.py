@@ -16,7 +16,7 @@ from mmneuron_bench.interventions.base import Target
 from mmneuron_bench.interventions.mask import MaskIntervention
 from mmneuron_bench.models.adapter import PAD, TEXT
 from mmneuron_bench.models.hooks import forward_hooks
-from mmneuron_bench.models.loading import load_model
+from mmneuron_bench.models.loading import load_model, model_identity
 from mmneuron_bench.recording.recorder import ActivationRecorder
 from mmneuron_bench.testing import tiny_image, write_tiny_task
 from mmneuron_bench.testing.families.mllama import (
@@ -179,7 +179,7 @@ def test_run_refuses_modules_connector_and_the_grid_has_no_connector_row(
     components = loaded.adapter.resolve(loaded.model)
     masks = {("common", c.name): torch.ones(c.info.layers, c.info.width, dtype=torch.bool)
              for c in components}  # fmt: skip
-    model = {"adapter": "mllama", "name_or_path": "x", "fingerprint": "0"}
+    model = model_identity(loaded, "x")
     mask = tmp_path / "m.mask.safetensors"
     infos = {c.name: c.info for c in components}
     NeuronMask(["common"], infos, model, "dape", {}, None, masks).save(mask)

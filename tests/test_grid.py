@@ -19,6 +19,7 @@ from mmneuron_bench.interventions.targets import MODULE_SETS
 from mmneuron_bench.lmms.evaluate import evaluate
 from mmneuron_bench.lmms.grid import CSV_COLUMNS, grid_header, grid_tasks, run_grid
 from mmneuron_bench.lmms.model import MMNeuronLMM
+from mmneuron_bench.models.identity import identity_of
 from mmneuron_bench.models.loading import resolve_components
 from mmneuron_bench.selection.random import select_random_like
 from mmneuron_bench.testing import write_tiny_task
@@ -59,7 +60,7 @@ def mask_path(tiny_llava_next, tmp_path_factory) -> Path:
         for d in ("common", "medical")
         for c, i in infos.items()
     }
-    model = {"adapter": "llava_next", "name_or_path": "tiny", "fingerprint": "0" * 64}
+    model = identity_of(str(tiny_llava_next))
     path = tmp_path_factory.mktemp("grid_mask") / "m.mask.safetensors"
     NeuronMask(["common", "medical"], infos, model, "dape", {}, None, masks).save(path)
     return path

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -15,7 +16,7 @@ from mmneuron_bench.cli import build_cli
 from mmneuron_bench.domains.tasks import domain_samples, load_tasks, sample_content
 from mmneuron_bench.formats.mask import NeuronMask
 from mmneuron_bench.models.adapter import IMAGE, TEXT
-from mmneuron_bench.models.loading import load_model
+from mmneuron_bench.models.loading import load_model, model_identity
 from mmneuron_bench.testing import tiny_image, write_tiny_task
 
 QUESTION = "what color is the circle on the left of the image ?"
@@ -138,7 +139,7 @@ def run_cli(*args):
 
 def test_logit_lens_command_writes_json_csv_and_png(tiny_llava, llava, task_root, tmp_path):
     mask_path = tmp_path / "m.mask.safetensors"
-    llm_mask(llava).save(mask_path)
+    replace(llm_mask(llava), model=model_identity(llava, str(tiny_llava))).save(mask_path)
     out = tmp_path / "out"
     result = run_cli(
         "analyze", "logit-lens", "--pretrained", str(tiny_llava), "--tasks", "vqa_medical",

@@ -166,7 +166,7 @@ def test_a_neurons_file_of_another_model_is_refused(tiny_llava_next, planted_neu
     result = cli(
         "neurons", "ablate", "--pretrained", tiny_llava_next, "--neurons", planted_neurons,
     )  # fmt: skip
-    assert_one_line_error(result, "was found on another model")
+    assert_one_line_error(result, "was made on another model", "--allow-other-model")
 
 
 def test_bad_paths_are_one_line_errors(planted, task_dir, tmp_path):

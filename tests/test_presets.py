@@ -213,6 +213,7 @@ def test_unused_layers_are_counted_and_can_be_left_out(tiny_llava_next, prompted
         data.tokens[c] = torch.cat([data.tokens[c], data.tokens[c]])
         data.sum[c] = torch.cat([data.sum[c], data.sum[c]])
     data.samples = {"a": 2, "b": 2}
+    data.documents["b"] = data.documents["a"]
     data.save(stats)
     kept, skipped = tmp_path / "kept.mask.safetensors", tmp_path / "skipped.mask.safetensors"
     result = run(build_cli(), ["select", str(stats), "--top-rate", "0.5", "--out", str(kept)])

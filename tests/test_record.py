@@ -210,8 +210,8 @@ def test_empty_domain_is_refused(tiny_llava, tmp_path):
         yaml.write("process_docs: !function utils.drop_all\n")
     loaded = load_model(str(tiny_llava))
     plan = RecordPlan(str(tiny_llava), {"empty": ["tiny_empty"]}, [str(tmp_path)])
-    # lmms-eval itself cannot build an empty task; the error says which task.
-    with pytest.raises(MMNeuronError, match="^cannot load tasks tiny_empty: "):
+    # lmms-eval itself cannot build an empty task; the error says which task and why.
+    with pytest.raises(MMNeuronError, match="^cannot load task 'tiny_empty': it has no documents$"):
         Recording(loaded, plan)
 
 

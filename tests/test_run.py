@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from mmneuron_bench.cli import build_cli
 from mmneuron_bench.formats.common import sha256_file
 from mmneuron_bench.formats.mask import NeuronMask
+from mmneuron_bench.models.identity import identity_of
 from mmneuron_bench.models.loading import resolve_components
 from mmneuron_bench.testing import write_tiny_task
 
@@ -36,7 +37,7 @@ def write_mask(pretrained: Path, path: Path, fraction: float = 0.3, seed: int = 
         for d in ("common", "medical")
         for c, i in infos.items()
     }
-    model = {"adapter": adapter.name, "name_or_path": str(pretrained), "fingerprint": "0" * 64}
+    model = identity_of(str(pretrained))
     mask = NeuronMask(["common", "medical"], infos, model, "dape", {}, None, masks)
     mask.save(path)
     return mask

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,29 @@ class TaskEntry:
         name = f"/{self.dataset_name}" if self.dataset_name else ""
         split = f" ({self.split})" if self.split else ""
         return f"{self.dataset_path}{name}{split}"
+
+    def local_files(self) -> list[Path]:
+        """The local files the task reads its documents from (relative ones found beside the
+        YAML first, as lmms-eval finds them; URLs and glob patterns left out)."""
+        if self.dataset_path not in LOCAL_BUILDERS or self.data_files is None:
+            return []
+        files = []
+
+        def walk(value: Any) -> None:
+            if isinstance(value, dict):
+                for item in value.values():
+                    walk(item)
+            elif isinstance(value, list):
+                for item in value:
+                    walk(item)
+            elif isinstance(value, str) and "://" not in value and not set("*?[") & set(value):
+                beside = self.yaml_path.parent / value  # as lmms-eval: else the working folder
+                files.append(
+                    beside if beside.is_file() or not Path(value).is_file() else Path(value)
+                )
+
+        walk(self.data_files)
+        return files
 
     def to_json(self) -> dict:
         return {
@@ -169,6 +193,27 @@ def index_tasks(include_paths: list[str] | tuple[str, ...] = ()) -> list[TaskEnt
     for path in include_paths:
         entries += tasks_in(path, str(path))
     return entries
+
+
+def check_data_files(names: Sequence[str], include_paths: Sequence[str] = ()) -> None:
+    """Refuse, naming the task and the file, a task of ``names`` (ours or an include path's)
+    whose local data file does not exist (lmms-eval would fail after retrying)."""
+    wanted = set(names)
+    for entry in index_tasks(list(include_paths)):
+        if entry.name in wanted:
+            for path in entry.local_files():
+                if not path.is_file():
+                    raise MMNeuronError(
+                        f"task {entry.name!r}: its data file {path} does not exist "
+                        f"({entry.yaml_path})"
+                    )
+
+
+def task_files(include_paths: Sequence[str]) -> list[Path]:
+    """The YAML and local data files of every task in ``include_paths`` (inputs that no output
+    may overwrite)."""
+    entries = index_tasks(list(include_paths))
+    return [p for e in entries if e.source != SHIPPED for p in (e.yaml_path, *e.local_files())]
 
 
 def lmms_eval_task_names() -> set[str]:

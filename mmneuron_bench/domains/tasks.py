@@ -52,15 +52,82 @@ def task_manager(names: Sequence[str], include_paths: Sequence[str], model_name:
     return manager
 
 
-def load_tasks(names: list[str], include_paths: list[str]) -> dict[str, Any]:
-    """lmms-eval task objects by name (found as :func:`task_manager` finds them)."""
-    manager = task_manager(names, include_paths)
-    try:
-        loaded = manager.load_task_or_group(list(dict.fromkeys(names)))
-    except Exception as exc:  # noqa: BLE001 - any dataset or YAML failure, said in one line
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise MMNeuronError(f"cannot load tasks {', '.join(names)}: {first}") from None
-    return {name: loaded[name] for name in names}
+def expand_task_names(manager: Any, names: Sequence[str]) -> list[str]:
+    """``names`` with every lmms-eval tag and group replaced by its tasks (recursively), each
+    task once, in order.
+
+    A group that defines a task inline (a YAML mapping with settings of its own) is refused:
+    its tasks cannot be run or read by name.
+    """
+    from lmms_eval.utils import load_yaml_config
+
+    out: list[str] = []
+
+    def visit(name: str, within: tuple[str, ...]) -> None:
+        entry = manager.task_index.get(name)
+        if entry is None:
+            where = f" (in group {within[-1]!r})" if within else ""
+            raise MMNeuronError(f"task {name!r}{where} not found")
+        if entry["type"] in ("task", "python_task"):
+            out.append(name)
+            return
+        if name in within:
+            raise MMNeuronError(f"group {name!r} contains itself")
+        if entry["type"] == "tag" or entry.get("yaml_path", -1) == -1:
+            members = entry["task"]
+        else:
+            members = load_yaml_config(yaml_path=entry["yaml_path"], mode="simple").get("task")
+            members = members if isinstance(members, list) else [members]
+        for member in members:
+            if not isinstance(member, str):
+                raise MMNeuronError(
+                    f"group {name!r} defines a task inline ({str(member)[:60]}), which cannot "
+                    "be run by name; give its tasks by name"
+                )
+            visit(member, (*within, name))
+
+    for name in names:
+        visit(name, ())
+    return list(dict.fromkeys(out))
+
+
+def load_tasks(
+    names: Sequence[str], include_paths: Sequence[str], manager: Any = None
+) -> dict[str, Any]:
+    """lmms-eval task objects by name, tags and groups expanded to their tasks
+    (:func:`expand_task_names`), found as :func:`task_manager` finds them.
+
+    Every local data file is checked first, and a task that fails to load or has no
+    documents is refused, naming it.
+    """
+    from mmneuron_bench.domains.index import check_data_files
+
+    manager = manager or task_manager(names, include_paths)
+    tasks = {}
+    expanded = expand_task_names(manager, names)
+    check_data_files(expanded, include_paths)
+    for name in expanded:
+        try:
+            loaded = manager.load_task_or_group([name])[name]
+        except Exception as exc:  # noqa: BLE001 - any dataset or YAML failure, said in one line
+            raise MMNeuronError(f"cannot load task {name!r}: {_cause(exc)}") from None
+        if not len(loaded.eval_docs):
+            raise MMNeuronError(f"task {name!r} has no documents")
+        tasks[name] = loaded
+    return tasks
+
+
+def _cause(exc: BaseException) -> str:
+    """What went wrong, in one line: a retried call's last error (datasets' downloads retry),
+    an empty task as such."""
+    from tenacity import RetryError
+
+    while isinstance(exc, RetryError) and exc.last_attempt.failed:
+        exc = exc.last_attempt.exception()
+    text = " ".join(str(exc).split())
+    if isinstance(exc, IndexError) and "for size 0" in text:
+        return "it has no documents"
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def domain_samples(tasks: dict[str, Any], task_names: list[str], limit: int | None) -> list[Sample]:

@@ -111,7 +111,7 @@ class WeightEdit:
 
     def _targets(self, model: nn.Module, expect: str) -> list[tuple[torch.Tensor, ColumnEdit]]:
         """The weight of every edited module, after checking model, shapes and columns."""
-        self._check_fingerprint(model)
+        self.check_fingerprint(model)
         out = []
         for edit in self.edits:
             try:
@@ -148,13 +148,15 @@ class WeightEdit:
             out.append((weight, edit))
         return out
 
-    def _check_fingerprint(self, model: nn.Module) -> None:
+    def check_fingerprint(self, model: nn.Module) -> None:
+        """Refuse a model (loaded, or its skeleton) of another config or parameter shapes."""
+        from mmneuron_bench.models.identity import other_model
         from mmneuron_bench.models.loading import same_model
 
         if not same_model(self.model, model):
             raise MaskMismatchError(
-                f"the edit was made for another model ({self.model.get('name_or_path')!r}): "
-                "the fingerprints differ"
+                f"{other_model(self.model, model, 'the edit')}; an edit applies to the weights "
+                "it was made on only"
             )
 
 
@@ -185,4 +187,7 @@ def _checked(
         raise format_error(path, f"the tensors of module {i} ('{module}') disagree in shape")
     if bool((columns < 0).any()) or len(set(columns.tolist())) != m:
         raise format_error(path, f"the columns of module {i} are negative or repeated")
+    for key, tensor in (("original", original), ("delta", delta)):
+        if not bool(torch.isfinite(tensor).all()):
+            raise format_error(path, f"tensor '{i}.{key}' has NaN or infinite values")
     return ColumnEdit(module, columns, original, delta)

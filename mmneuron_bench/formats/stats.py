@@ -2,6 +2,12 @@
 
 Counts are additive, so files recorded over disjoint samples (shards, GPUs) merge by summing.
 Loading validates everything; every problem is a one-line `FileFormatError` naming the file.
+
+Optional metadata, added without a new format version (older readers ignore it; files
+without it still load): ``prompt``, ``unused_layers`` (0.2), and ``documents`` (0.3): per
+domain, per task, the ids of the documents counted, as ranges (``{"common": {"vqav2":
+"0-999"}}``, :mod:`mmneuron_bench.formats.documents`), so that merging refuses documents
+counted twice. ``None`` in memory for files that do not say.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import torch
 from safetensors.torch import save_file
 
 from mmneuron_bench.errors import MaskMismatchError
+from mmneuron_bench.formats import documents as doc_ids
 from mmneuron_bench.formats.atomic import atomic_write
 from mmneuron_bench.formats.common import (
     check_header,
@@ -30,6 +37,7 @@ from mmneuron_bench.formats.common import (
     parse_unused,
     read_safetensors,
 )
+from mmneuron_bench.formats.documents import Documents
 from mmneuron_bench.models.components import ComponentInfo, components_to_json
 from mmneuron_bench.tables import Table
 
@@ -52,6 +60,7 @@ class ActivationStats:
     sum: dict[str, torch.Tensor]  # float64 [D, L, N]: sum of activation values
     prompt: str = "default"  # "default" (as lmms-eval prompts) or "paper" (the bare question)
     unused: dict[str, list[int]] | None = None  # layers the model never reads (None: unknown)
+    documents: Documents | None = None  # {domain: {task: ids counted}} (None: unknown)
 
     @classmethod
     def empty(
@@ -62,12 +71,14 @@ class ActivationStats:
         token_scope: str,
         prompt: str = "default",
         unused: dict[str, list[int]] | None = None,
+        documents: Documents | None = None,
     ) -> ActivationStats:
         """All-zero statistics, ready for a recorder to add counts into."""
         d = len(domains)
         return cls(
             prompt=prompt,
             unused=unused,
+            documents=documents,
             domains=list(domains),
             components=dict(components),
             model=dict(model),
@@ -109,6 +120,8 @@ class ActivationStats:
         }
         if self.unused is not None:
             metadata["unused_layers"] = json.dumps(self.unused)
+        if self.documents is not None:
+            metadata["documents"] = json.dumps(doc_ids.encode(self.documents))
         atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
     @classmethod
@@ -127,6 +140,7 @@ class ActivationStats:
             token_scope=meta_text(meta, "token_scope", path),
             prompt=meta.get("prompt", "default"),
             unused=parse_unused(meta, path),
+            documents=_parse_documents(meta, path, samples),
             samples=samples,
             active={c: tensors.pop(f"{c}.active", None) for c in components},
             tokens={c: tensors.pop(f"{c}.tokens", None) for c in components},
@@ -149,9 +163,16 @@ def merge(stats_list: Sequence[ActivationStats]) -> ActivationStats:
     first = stats_list[0]
     for i, other in enumerate(stats_list[1:], start=2):
         problem = stats_mismatch(first, other, "stats 1", f"stats {i}")
+        for j, earlier in enumerate(stats_list[: i - 1], start=1):
+            if problem is None and earlier.documents and other.documents:
+                both = doc_ids.overlap(earlier.documents, other.documents)
+                if both:
+                    problem = f"{both} counted in stats {j} too"
         if problem:
             raise MaskMismatchError(f"cannot merge stats {i} into stats 1: {problem}")
+    known = [s.documents for s in stats_list if s.documents is not None]
     return ActivationStats(
+        documents=doc_ids.union(known) if len(known) == len(stats_list) else None,
         domains=list(first.domains),
         components=dict(first.components),
         model=dict(first.model),
@@ -191,6 +212,25 @@ def stats_mismatch(
     return component_mismatch(first.components, other.components, first_name, other_name)
 
 
+def _parse_documents(meta: dict[str, str], path: Path, samples: object) -> Documents | None:
+    """The optional ``documents`` metadata (None for files written before 0.3)."""
+    if "documents" not in meta:
+        return None
+    found = meta_json(meta, "documents", path)
+    if not isinstance(found, dict) or not isinstance(samples, dict):
+        raise format_error(path, "metadata 'documents' is not a JSON object")
+    out: Documents = {}
+    for domain, tasks in found.items():
+        if not isinstance(tasks, dict) or not all(isinstance(v, str) for v in tasks.values()):
+            raise format_error(path, f"metadata 'documents' of domain {domain!r} is not an object")
+        at_most = samples.get(domain) if isinstance(samples.get(domain), int) else 0
+        try:
+            out[domain] = {t: doc_ids.decode_ids(text, at_most) for t, text in tasks.items()}
+        except ValueError as exc:
+            raise format_error(path, f"metadata 'documents' of domain {domain!r}: {exc}") from None
+    return out
+
+
 def _own(tensor: torch.Tensor) -> torch.Tensor:
     """A contiguous copy: safetensors refuses views that share storage with another tensor."""
     return tensor.clone(memory_format=torch.contiguous_format)
@@ -215,6 +255,16 @@ def _validate(stats: ActivationStats, path: Path) -> None:
     bad = [k for k, v in stats.samples.items() if type(v) is not int or v < 0]
     if set(stats.samples) != set(stats.domains) or bad:
         raise format_error(path, "metadata 'samples' must give a count >= 0 for each domain")
+    if stats.documents is not None:
+        if set(stats.documents) != set(stats.domains):
+            raise format_error(path, "metadata 'documents' must list the documents of each domain")
+        for domain, tasks in stats.documents.items():
+            if doc_ids.count(tasks) != stats.samples[domain]:
+                raise format_error(
+                    path,
+                    f"metadata 'documents' lists {doc_ids.count(tasks)} documents of domain "
+                    f"{domain!r}, 'samples' {stats.samples[domain]}",
+                )
     d = len(stats.domains)
     for c, info in stats.components.items():
         active, tokens = stats.active.get(c), stats.tokens.get(c)

@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from mmneuron_bench.errors import MMNeuronError
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from mmneuron_bench.models.adapter import Component, LoadedModel
 
 ORDER_WEIGHTS = 10
@@ -68,6 +70,21 @@ class Intervention:
     def detach(self) -> None:
         """Undo whatever ``attach`` changed."""
 
+    def recorded_models(self) -> dict[str, dict]:
+        """``{what: model metadata}`` of every file this intervention applies (``{"the mask":
+        mask.model}``), for :meth:`check_model`."""
+        return {}
+
+    def check_model(
+        self, model: nn.Module, components: Sequence[Component], allow_other: bool = False
+    ) -> dict[str, dict]:
+        """Refuse files that do not fit ``model`` (a loaded model, or its skeleton before
+        loading, with its resolved ``components``), or that were made on another model
+        unless ``allow_other``; returns the metadata of those let through."""
+        from mmneuron_bench.models.identity import check_files
+
+        return check_files(self.recorded_models(), model, allow_other)
+
     def describe(self) -> dict:
         """JSON-ready provenance: what was changed, per task where it differs."""
         return {}
@@ -103,11 +120,17 @@ class InterventionKind:
 
 
 class Interventions:
-    """The interventions held by one model, entered in their documented order."""
+    """The interventions held by one model, entered in their documented order.
 
-    def __init__(self) -> None:
+    Each file an intervention applies must have been made on this model, unless
+    ``allow_other_model``; such transfers are recorded in :meth:`describe` (``other_model``).
+    """
+
+    def __init__(self, allow_other_model: bool = False) -> None:
         self._held: dict[str, Intervention] = {}
         self._target: Target | None = None
+        self.allow_other_model = allow_other_model
+        self._transfers: dict[str, dict[str, dict]] = {}
 
     def attach_all(self, target: Target) -> None:
         self._target = target
@@ -116,12 +139,18 @@ class Interventions:
         """Attach ``intervention``, replacing (and detaching) one of the same kind."""
         if self._target is None:
             raise RuntimeError("Interventions.attach_all() was not called")
-        intervention.attach(self._target)
+        target = self._target
+        transfers = intervention.check_model(
+            target.loaded.model, target.components, self.allow_other_model
+        )
+        intervention.attach(target)
         self.remove(intervention.kind)
         self._held[intervention.kind] = intervention
+        self._transfers[intervention.kind] = transfers
 
     def remove(self, kind: str) -> None:
         old = self._held.pop(kind, None)
+        self._transfers.pop(kind, None)
         if old is not None:
             old.detach()
 
@@ -137,4 +166,9 @@ class Interventions:
         return any(i.per_document for i in self._held.values())
 
     def describe(self) -> dict:
-        return {kind: i.describe() for kind, i in self._held.items()}
+        out = {}
+        for kind, intervention in self._held.items():
+            transfers = self._transfers.get(kind)
+            described = intervention.describe()
+            out[kind] = {**described, "other_model": transfers} if transfers else described
+        return out

@@ -144,6 +144,30 @@ class Deactivation:
             active.__exit__(*exc_info)
 
 
+def check_mask_model(
+    model: nn.Module,
+    components: Sequence[Component],
+    mask: NeuronMask,
+    stats: ActivationStats | None = None,
+    allow_other: bool = False,
+    names: tuple[str, str] = ("the mask", "the stats"),
+) -> dict[str, dict]:
+    """Refuse a mask (and mean-mode stats) whose components do not match ``model``'s, or
+    which were made on another model unless ``allow_other`` (see
+    :func:`~mmneuron_bench.models.identity.check_files`); ``model`` may be a skeleton."""
+    from mmneuron_bench.models.identity import check_files
+
+    infos = {c.name: c.info for c in components}
+    mask.check_matches(infos)
+    files = {names[0]: mask.model}
+    if stats is not None:
+        problem = component_mismatch(stats.components, infos, "stats", "model")
+        if problem:
+            raise MaskMismatchError(f"the stats do not match the model: {problem}")
+        files[names[1]] = stats.model
+    return check_files(files, model, allow_other)
+
+
 def _as_list(names: Sequence[str] | str) -> list[str]:
     return [names] if isinstance(names, str) else list(names)
 
@@ -214,6 +238,11 @@ class MaskIntervention(Intervention):
         self._deactivations: dict[tuple[str, ...], Deactivation] = {}
         self.task_domains: dict[str, list[str]] = {}
         self.task_counts: dict[str, dict[str, int]] = {}
+
+    def check_model(
+        self, model: nn.Module, components: Sequence[Component], allow_other: bool = False
+    ) -> dict[str, dict]:
+        return check_mask_model(model, components, self.mask, self.stats, allow_other)
 
     def attach(self, target: Target) -> None:
         self.components = list(target.components)

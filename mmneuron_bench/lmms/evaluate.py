@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from mmneuron_bench.errors import MMNeuronError
-from mmneuron_bench.formats.atomic import atomic_write
+from mmneuron_bench.formats.atomic import all_or_nothing, atomic_write
 from mmneuron_bench.formats.outputs import file_reference, write_json
 from mmneuron_bench.versions import versions
 
@@ -174,21 +174,23 @@ def write_results_json(path: Path, value: Any) -> None:
 
 
 def write_run(out_dir: Path, results: dict, provenance: dict) -> list[Path]:
-    """``results.json`` (lmms-eval's results), ``samples_TASK.jsonl``, ``provenance.json``."""
+    """``results.json`` (lmms-eval's results), ``samples_TASK.jsonl``, ``provenance.json``:
+    all of them, or none if one cannot be written."""
     from lmms_eval.utils import handle_non_serializable
 
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for task, samples in results.get("samples", {}).items():
-        path = out_dir / f"samples_{task}.jsonl"
-        lines = "".join(
-            json.dumps(s, default=handle_non_serializable, ensure_ascii=False) + "\n"
-            for s in samples
+    with all_or_nothing():
+        for task, samples in results.get("samples", {}).items():
+            path = out_dir / f"samples_{task}.jsonl"
+            lines = "".join(
+                json.dumps(s, default=handle_non_serializable, ensure_ascii=False) + "\n"
+                for s in samples
+            )
+            atomic_write(path, lambda tmp, text=lines: Path(tmp).write_text(text, encoding="utf-8"))
+            written.append(path)
+        write_results_json(
+            out_dir / "results.json", {k: v for k, v in results.items() if k != "samples"}
         )
-        atomic_write(path, lambda tmp, text=lines: Path(tmp).write_text(text, encoding="utf-8"))
-        written.append(path)
-    write_results_json(
-        out_dir / "results.json", {k: v for k, v in results.items() if k != "samples"}
-    )
-    write_results_json(out_dir / "provenance.json", provenance)
+        write_results_json(out_dir / "provenance.json", provenance)
     return [out_dir / "results.json", *written, out_dir / "provenance.json"]

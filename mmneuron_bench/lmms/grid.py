@@ -133,7 +133,8 @@ def load_cells(out_dir: Path, header: dict) -> list[dict]:
     """The cells of an earlier run of the same grid in ``out_dir`` ([] when there is none).
 
     A ``grid.json`` of another grid (model, mask, baseline, module sets, tasks, domains or
-    metrics differ) is refused: resuming it would mix two grids.
+    metrics differ) is refused: resuming it would mix two grids. The mask counts by its
+    content and the model by its fingerprint, however their paths are spelled.
     """
     path = out_dir / "grid.json"
     if not path.exists():
@@ -145,11 +146,20 @@ def load_cells(out_dir: Path, header: dict) -> list[dict]:
     if not isinstance(found, dict) or found.get("format") != GRID_FORMAT:
         raise MMNeuronError(f"{path}: not a {GRID_FORMAT} file")
     for key, value in header.items():
-        if json.loads(json.dumps(value)) != found.get(key):
+        if _comparable(key, json.loads(json.dumps(value))) != _comparable(key, found.get(key)):
             raise MMNeuronError(
                 f"{path} holds another grid ({key} differs); give another --output to start anew"
             )
     return list(found.get("cells", []))
+
+
+def _comparable(key: str, value: Any) -> Any:
+    """A header entry as compared between runs: without the paths it was given by."""
+    if key == "mask" and isinstance(value, dict):
+        return value.get("sha256")
+    if key == "model" and isinstance(value, dict):
+        return {k: v for k, v in value.items() if k != "name_or_path"}
+    return value
 
 
 def save_grid(out_dir: Path, header: dict, cells: list[dict]) -> None:

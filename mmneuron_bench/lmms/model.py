@@ -7,7 +7,8 @@
         --tasks docvqa_val
 
 Model args: ``base`` (default: the adapter's lmms-eval model), ``adapter`` (default: chosen
-from the config), the arguments of every installed intervention kind (built in: ``mask``,
+from the config), ``allow_other_model`` (``true``: apply files made on another model, recorded
+in the provenance), the arguments of every installed intervention kind (built in: ``mask``,
 ``modules`` (``all``, ``none`` or roles joined by ``+``), ``domain`` (``auto``, ``all`` or mask
 domains joined by ``+``), ``mode`` (``zero``/``mean``), ``stats`` (for ``mean``), ``edit``);
 every other argument (``pretrained``, ``dtype``, ``device``, ``device_map``, ...) goes to the
@@ -36,6 +37,7 @@ from mmneuron_bench.lmms import workarounds
 from mmneuron_bench.lmms.loglikelihood import continuation_nll
 from mmneuron_bench.models.adapter import LoadedModel, ModelAdapter
 from mmneuron_bench.models.compat import video_stand_in
+from mmneuron_bench.models.folder import check_model_folder, loading_errors
 from mmneuron_bench.models.loading import load_config, model_identity, pick_adapter
 from mmneuron_bench.plugins.registry import get_registry
 
@@ -73,6 +75,16 @@ def interventions_from_args(args: dict[str, Any]) -> list[Intervention]:
     return built
 
 
+def _flag(value: bool | str) -> bool:
+    """A yes/no model argument: a bool, or true/false, 1/0, yes/no as text."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text not in ("true", "1", "yes", "false", "0", "no"):
+        raise MMNeuronError(f"allow_other_model={value!r}: expected true or false")
+    return text in ("true", "1", "yes")
+
+
 class MMNeuronLMM(lmms):
     """The base lmms-eval model with interventions (a neuron mask, a weight edit, ...) around
     every task's requests."""
@@ -84,6 +96,7 @@ class MMNeuronLMM(lmms):
         base: str | None = None,
         adapter: str | None = None,
         interventions: Sequence[Intervention] = (),
+        allow_other_model: bool | str = False,
         **args: Any,
     ) -> None:
         super().__init__()
@@ -95,8 +108,10 @@ class MMNeuronLMM(lmms):
         workarounds.check_batch_size(self.base_name, args.get("batch_size", 1))
         base_cls = workarounds.import_base(self.base_name)
         kwargs = workarounds.base_kwargs(base_cls, args)
+        check_model_folder(self.pretrained, self.adapter)
         with video_stand_in(), workarounds.model_class_from_config(base_cls):
-            self.base = base_cls(**kwargs)
+            with loading_errors(self.pretrained):
+                self.base = base_cls(**kwargs)
         workarounds.pad_left(self.base_name, self.base)
         # lmms-eval builds plain or chat requests from the instance's flag: the base's.
         self.is_simple = getattr(base_cls, "is_simple", True)
@@ -109,7 +124,7 @@ class MMNeuronLMM(lmms):
         # The evaluator fills lm.task_dict; the base reads documents from its own.
         self.task_dict = self.base.task_dict
         self.components = self.adapter.resolve(self.model)
-        self.interventions = Interventions()
+        self.interventions = Interventions(allow_other_model=_flag(allow_other_model))
         loaded = LoadedModel(self.adapter, self.model, None)
         self.interventions.attach_all(Target(loaded, self.components, self.identity()))
         for intervention in built:

@@ -51,10 +51,15 @@ def load_model(
     registry: PluginRegistry | None = None,
 ) -> LoadedModel:
     """Pick the adapter (named, or the one that handles the config) and load model and
-    processor through ``from_pretrained`` (a local folder or a hub id)."""
+    processor through ``from_pretrained`` (a local folder or a hub id); a broken folder is
+    refused before any weight is read (:mod:`mmneuron_bench.models.folder`)."""
+    from mmneuron_bench.models.folder import check_model_folder, loading_errors
+
     registry = registry or get_registry()
     adapter = pick_adapter(registry, load_config(pretrained), adapter_name)
-    return adapter.load(pretrained, dtype=dtype, device=device)
+    check_model_folder(pretrained, adapter)
+    with loading_errors(pretrained):
+        return adapter.load(pretrained, dtype=dtype, device=device)
 
 
 def resolve_components(
@@ -67,7 +72,7 @@ def resolve_components(
     adapter = pick_adapter(get_registry(), config, adapter_name)
     if not check:
         return adapter, adapter.resolve(adapter.skeleton(config))
-    loaded = adapter.load(pretrained)
+    loaded = load_model(pretrained, adapter.name)
     components = adapter.resolve(loaded.model)
     check_hooks_fire(loaded, components)
     return adapter, components

@@ -13,7 +13,7 @@ from mmneuron_bench.errors import MMNeuronError
 from mmneuron_bench.formats.mask import NeuronMask
 from mmneuron_bench.models.adapter import Component
 from mmneuron_bench.models.components import ComponentInfo
-from mmneuron_bench.models.loading import same_model
+from mmneuron_bench.models.identity import check_same_model
 from mmneuron_bench.neurons.anatomy import llm_component
 from mmneuron_bench.neurons.scores import TokenNeurons
 from mmneuron_bench.neurons.tokens import token_domain, token_text
@@ -51,15 +51,14 @@ def contribution_mask(
     return NeuronMask(domains, infos, model_meta, METHOD, {**params, "tokens": names}, None, masks)
 
 
-def check_contribution_mask(mask: NeuronMask, model: nn.Module, where: str) -> None:
-    """Refuse a mask that is not a contribution mask of this very model."""
+def check_contribution_mask(
+    mask: NeuronMask, model: nn.Module, where: str, allow_other: bool = False
+) -> bool:
+    """Refuse a mask that is not a contribution mask, or one found on another model than
+    ``model`` (loaded, or its skeleton) unless ``allow_other``; returns whether it was."""
     if mask.method != METHOD or "tokens" not in mask.params:
         raise MMNeuronError(f"{where} is a {mask.method!r} mask, not a {METHOD!r} neurons file")
-    if not same_model(mask.model, model):
-        raise MMNeuronError(
-            f"{where} was found on another model ({mask.model.get('name_or_path')!r}, "
-            "fingerprint differs)"
-        )
+    return check_same_model(mask.model, model, where, allow_other)
 
 
 def no_neurons(info: ComponentInfo) -> torch.Tensor:

@@ -11,15 +11,25 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from mmneuron_bench.domains.tasks import Sample, domain_samples, load_tasks, sample_content
+from mmneuron_bench.domains.tasks import (
+    Sample,
+    domain_samples,
+    expand_task_names,
+    load_tasks,
+    sample_content,
+    task_manager,
+)
 from mmneuron_bench.errors import MMNeuronError
+from mmneuron_bench.formats.documents import Documents
 from mmneuron_bench.formats.stats import ActivationStats, stats_mismatch
 from mmneuron_bench.models.adapter import LoadedModel
 from mmneuron_bench.models.loading import model_identity
@@ -40,11 +50,21 @@ class RecordPlan:
     prompt: str = "default"  # or "paper": the bare question after the image token
 
     def digest(self, model: dict) -> str:
+        """The checkpoint's name: the same for the same settings and model, however the paths
+        are spelled (local folders are resolved; the model counts by its fingerprint)."""
         plan = asdict(self)
         if plan["prompt"] == "default":  # digests of earlier releases stay valid
             del plan["prompt"]
+        plan["pretrained"] = _resolved(self.pretrained)
+        plan["include_paths"] = [_resolved(p) for p in self.include_paths]
+        model = {k: v for k, v in model.items() if k != "name_or_path"}
         text = json.dumps({"plan": plan, "model": model}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _resolved(path: str) -> str:
+    """An existing local path, resolved; anything else (a hub id) as given."""
+    return os.path.realpath(path) if os.path.exists(path) else path
 
 
 @dataclass(frozen=True)
@@ -57,14 +77,53 @@ def checkpoint_path(out: Path, digest: str, shard: Shard) -> Path:
     return out.with_name(f"{out.name}.{digest}.rank{shard.rank}-of-{shard.world}.partial")
 
 
+@dataclass(frozen=True)
+class PlannedSamples:
+    """The tasks of a plan and, per domain, the samples this shard counts, in order."""
+
+    tasks: dict[str, Any]
+    samples: dict[str, list[Sample]]
+
+    def documents(self, counted: dict[str, int]) -> Documents:
+        """``{domain: {task: ids}}`` of the first ``counted[domain]`` samples of each domain."""
+        out: Documents = {}
+        for domain, samples in self.samples.items():
+            ids: dict[str, list[int]] = {}
+            for sample in samples[: counted.get(domain, 0)]:
+                ids.setdefault(sample.task, []).append(sample.index)
+            out[domain] = {task: sorted(found) for task, found in ids.items()}
+        return out
+
+
+def plan_samples(plan: RecordPlan, shard: Shard = Shard()) -> PlannedSamples:
+    """Load the plan's tasks (tags and groups expanded) and choose this shard's samples; a
+    domain without documents is refused. Needs no model: run it before loading one."""
+    names = [t for tasks in plan.domains.values() for t in tasks]
+    manager = task_manager(names, plan.include_paths)
+    tasks = load_tasks(names, plan.include_paths, manager)
+    samples = {}
+    for domain, given in plan.domains.items():
+        members = expand_task_names(manager, given)
+        samples[domain] = domain_samples(tasks, members, plan.limit)[shard.rank :: shard.world]
+        if not samples[domain] and shard.world == 1:
+            raise MMNeuronError(f"domain {domain!r} has no documents")
+    return PlannedSamples(tasks, samples)
+
+
 def _start(
-    out: Path, digest: str, shard: Shard, resume: bool, fresh: ActivationStats
+    out: Path,
+    digest: str,
+    shard: Shard,
+    resume: bool,
+    fresh: ActivationStats,
+    planned: PlannedSamples,
 ) -> ActivationStats:
     """The stats to continue from: this shard's checkpoint when resuming, else zeros.
 
-    Resuming is refused when a checkpoint of another run (settings, model or number of
-    processes) lies beside ``out``; another shard of this run may have one while this one
-    has none yet (it was stopped before its first save) and then starts from zero.
+    Resuming is refused when a checkpoint of another run (settings, model, number of
+    processes, or documents other than this run's first ones) lies beside ``out``; another
+    shard of this run may have one while this one has none yet (it was stopped before its
+    first save) and then starts from zero.
     """
     checkpoint = checkpoint_path(out, digest, shard)
     if not resume:
@@ -72,6 +131,11 @@ def _start(
     if checkpoint.exists():
         saved = ActivationStats.load(checkpoint)
         problem = stats_mismatch(fresh, saved, "this run", "the checkpoint")
+        if problem is None and saved.documents is not None:
+            expected = planned.documents(saved.samples)
+            differ = [d for d in saved.domains if saved.documents[d] != expected[d]]
+            if differ:
+                problem = f"it counted other documents of domain {differ[0]!r} than this run"
         if problem:
             raise MMNeuronError(f"cannot resume from {checkpoint}: {problem}")
         return saved
@@ -86,23 +150,26 @@ def _start(
 
 
 class Recording:
-    """One record run: the plan, the loaded model and the shard this process takes."""
+    """One record run: the plan, the loaded model and the shard this process takes.
 
-    def __init__(self, loaded: LoadedModel, plan: RecordPlan, shard: Shard = Shard()):
+    ``planned`` (:func:`plan_samples`, which needs no model) is computed here when not given.
+    """
+
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        plan: RecordPlan,
+        shard: Shard = Shard(),
+        planned: PlannedSamples | None = None,
+    ):
         self.loaded = loaded
         self.plan = plan
         self.shard = shard
         self.components = loaded.adapter.resolve(loaded.model)
         self.model_meta = model_identity(loaded, plan.pretrained)
-        task_names = [t for tasks in plan.domains.values() for t in tasks]
-        self.tasks = load_tasks(task_names, plan.include_paths)
-        self.samples = {
-            domain: domain_samples(self.tasks, names, plan.limit)[shard.rank :: shard.world]
-            for domain, names in plan.domains.items()
-        }
-        for domain, samples in self.samples.items():
-            if not samples and shard.world == 1:
-                raise MMNeuronError(f"domain {domain!r} has no documents")
+        self.planned = planned or plan_samples(plan, shard)
+        self.tasks = self.planned.tasks
+        self.samples = self.planned.samples
 
     def empty_stats(self) -> ActivationStats:
         components = {c.name: c.info for c in self.components}
@@ -114,6 +181,7 @@ class Recording:
             self.plan.token_scope,
             prompt=self.plan.prompt,
             unused=unused,
+            documents={domain: {} for domain in self.plan.domains},
         )
 
     def run(
@@ -126,7 +194,7 @@ class Recording:
         """Record this shard; returns its stats (checkpointed to disk as it goes)."""
         digest = self.plan.digest(self.model_meta)
         checkpoint = checkpoint_path(out, digest, self.shard)
-        stats = _start(out, digest, self.shard, resume, self.empty_stats())
+        stats = _start(out, digest, self.shard, resume, self.empty_stats(), self.planned)
         device = next(self.loaded.model.parameters()).device
         recorder = ActivationRecorder(self.components, len(stats.domains), device)
         last_save = time.monotonic()
@@ -159,12 +227,12 @@ class Recording:
         with torch.inference_mode():
             model(**adapter.forward_kwargs(inputs))
 
-    @staticmethod
-    def _fold(recorder: ActivationRecorder, stats: ActivationStats) -> ActivationStats:
+    def _fold(self, recorder: ActivationRecorder, stats: ActivationStats) -> ActivationStats:
         """``stats`` (counts before this run) plus what the recorder has counted since."""
         return ActivationStats(
             prompt=stats.prompt,
             unused=stats.unused,
+            documents=self.planned.documents(stats.samples),
             domains=stats.domains,
             components=stats.components,
             model=stats.model,

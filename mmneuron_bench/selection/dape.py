@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from mmneuron_bench.errors import MMNeuronError
 from mmneuron_bench.formats.mask import NeuronMask
 from mmneuron_bench.formats.stats import ActivationStats
 
@@ -86,7 +87,19 @@ def dape_mask(
     bar_ratio: float = 0.95,
     source: str | None = None,
 ) -> NeuronMask:
-    """Run DAPE on every component of `stats`; `source` is the stats file's sha256, if known."""
+    """Run DAPE on every component of `stats`; `source` is the stats file's sha256, if known.
+
+    A domain that saw no tokens in a component is refused: its activation probabilities are
+    all 0, and the selection would be the lowest-numbered neurons, not domain-specific ones.
+    """
+    for c in stats.components:
+        for d, domain in enumerate(stats.domains):
+            if not bool(stats.tokens[c][d].any()):
+                raise MMNeuronError(
+                    f"domain {domain!r} saw no tokens in component {c!r} "
+                    f"({stats.samples[domain]} samples): nothing to select from; record it "
+                    "again or leave it out"
+                )
     masks = {}
     for c in stats.components:
         chosen = select_dape(stats.activation_probability(c), top_rate, filter_rate, bar_ratio)

@@ -9,9 +9,16 @@ from pathlib import Path
 
 import click
 
+from mmneuron_bench.cli.checks import (
+    SEED_MAX,
+    allow_other_model_option,
+    check_folder_outputs,
+    model_inputs,
+    model_skeleton,
+    task_inputs,
+)
 from mmneuron_bench.cli.options import (
     ModelChoice,
-    check_output_folder,
     domain_choice_option,
     given_options,
     model_options,
@@ -22,6 +29,7 @@ from mmneuron_bench.cli.options import (
     task_options,
 )
 from mmneuron_bench.console import progress
+from mmneuron_bench.formats.atomic import all_or_nothing
 from mmneuron_bench.interventions.targets import MODULE_SETS, choose_module_sets
 
 DEFAULT_OUTPUT = Path("mmneuron-results") / "analysis"
@@ -37,7 +45,14 @@ _output_option = click.option(
 
 def _task_options(command: Callable) -> Callable:
     """Options shared by the analyses that run a model over lmms-eval tasks."""
-    for option in reversed((task_options(), domain_choice_option, preset_option, _output_option)):
+    options = (
+        task_options(),
+        domain_choice_option,
+        preset_option,
+        _output_option,
+        allow_other_model_option,
+    )
+    for option in reversed(options):
         command = option(command)
     return command
 
@@ -55,7 +70,11 @@ def distribution(mask: Path, output: Path) -> None:
     from mmneuron_bench.analysis.distribution import write_distribution
     from mmneuron_bench.formats.mask import NeuronMask
 
-    paths = write_distribution(NeuronMask.load(mask), mask, output_folder(output))
+    neuron_mask = NeuronMask.load(mask)
+    pngs = [f"distribution_{c}.png" for c in neuron_mask.components]
+    check_folder_outputs(output, ["distribution.csv", "distribution.json", *pngs], [mask])
+    with all_or_nothing():
+        paths = write_distribution(neuron_mask, mask, output_folder(output))
     _print_tables(paths[1])
     _wrote(paths)
 
@@ -67,7 +86,7 @@ def distribution(mask: Path, output: Path) -> None:
 @module_sets_option(",".join(MODULE_SETS), several=True)
 @click.option(
     "--seeds",
-    type=click.IntRange(min=1),
+    type=click.IntRange(1, SEED_MAX + 1),
     default=3,
     show_default=True,
     help="Random masks of equal size (seeds 0..S-1) to compare with.",
@@ -85,6 +104,7 @@ def deviation(
     mask_path,
     modules,
     seeds,
+    allow_other_model,
 ) -> None:
     """How far each task's domain neurons move the last hidden states (the paper's Table 2).
 
@@ -98,8 +118,9 @@ def deviation(
     modules, left_out = choose_module_sets(
         modules, "modules" in given_options(ctx, ("modules",)), preset, model.adapter()
     )
-    loaded, mask, tasks, domains = _prepare(
-        model, task_specs, include_paths, domain, mask_path, output
+    outputs = ["deviation.json", "deviation.csv"]
+    loaded, mask, tasks, domains, transfers = _prepare(
+        model, task_specs, include_paths, domain, mask_path, output, outputs, allow_other_model
     )
     with _progress(tasks, domains, limit) as advance:
         rows = measure_deviation(
@@ -114,7 +135,10 @@ def deviation(
     }
     if left_out:
         header["module_sets_left_out"] = left_out
-    paths = write_deviation(rows, header, output_folder(output))
+    if transfers:
+        header["other_model"] = transfers
+    with all_or_nothing():
+        paths = write_deviation(rows, header, output_folder(output))
     _print_tables(paths[0])
     click.echo(DEFINITION)
     _left_out_notes(left_out)
@@ -151,6 +175,7 @@ def logit_lens(
     mask_path,
     modules,
     chunk_size,
+    allow_other_model,
 ) -> None:
     """Mean next-token entropy per decoder layer for image and text positions (Figure 5).
 
@@ -167,8 +192,9 @@ def logit_lens(
             raise click.UsageError(f"--{option} needs --mask")
     else:
         modules, _ = choose_module_sets(modules, True, preset, model.adapter())
-    loaded, mask, tasks, domains = _prepare(
-        model, task_specs, include_paths, domain, mask_path, output
+    outputs = ["logit_lens.json", "logit_lens.csv", "logit_lens.png"]
+    loaded, mask, tasks, domains, transfers = _prepare(
+        model, task_specs, include_paths, domain, mask_path, output, outputs, allow_other_model
     )
     with _progress(tasks, domains, limit) as advance:
         results = measure_logit_lens(
@@ -181,7 +207,10 @@ def logit_lens(
         "chunk_size": chunk_size,
         "limit": limit,
     }
-    paths = write_logit_lens(results, header, output_folder(output))
+    if transfers:
+        header["other_model"] = transfers
+    with all_or_nothing():
+        paths = write_logit_lens(results, header, output_folder(output))
     _print_tables(paths[0])
     click.echo(DEFINITION)
     _wrote(paths)
@@ -192,19 +221,29 @@ def _left_out_notes(left_out: dict[str, str]) -> None:
         click.echo(f"module set {module_set!r} left out: {reason}", err=True)
 
 
-def _prepare(model: ModelChoice, task_specs, include_paths, domain, mask_path, output):
-    """Check the mask, the tasks' domains and the output folder (cheap), then load the model."""
+def _prepare(
+    model: ModelChoice, task_specs, include_paths, domain, mask_path, output, outputs, allow
+):
+    """Check the mask (its model too), the tasks and their domains, and the output files
+    (cheap), then load the model. Tags and groups stand for their tasks."""
     from mmneuron_bench.domains.tasks import load_tasks
     from mmneuron_bench.formats.mask import NeuronMask
+    from mmneuron_bench.interventions.mask import check_mask_model
 
     names = task_names(task_specs)
     mask = None if mask_path is None else NeuronMask.load(mask_path)
     if mask is not None:
-        domain.check(mask.domains, names)
+        domain.check(mask.domains)
     tasks = load_tasks(names, list(include_paths))
-    domains = dict.fromkeys(names) if mask is None else domain.resolve(tasks, mask.domains)
-    check_output_folder(output)
-    return model.load(), mask, tasks, domains
+    domains = dict.fromkeys(tasks) if mask is None else domain.resolve(tasks, mask.domains)
+    inputs = [mask_path, *model_inputs(model), *task_inputs(include_paths)]
+    check_folder_outputs(output, outputs, inputs)
+    transfers = {}
+    if mask is not None:
+        skeleton, components = model_skeleton(model)
+        names = (f"--mask {mask_path}", "")
+        transfers = check_mask_model(skeleton, components, mask, None, allow, names)
+    return model.load(), mask, tasks, domains, transfers
 
 
 @contextmanager

@@ -9,17 +9,25 @@ from pathlib import Path
 
 import click
 
+from mmneuron_bench.cli.checks import (
+    SEED,
+    allow_other_model_option,
+    check_outputs,
+    model_inputs,
+    model_skeleton,
+    task_inputs,
+)
 from mmneuron_bench.cli.options import (
     FiniteFloatRange,
     ModelChoice,
     OptionConflict,
-    check_output_files,
     model_options,
     preset_option,
     task_names,
 )
 from mmneuron_bench.console import print_table, progress
 from mmneuron_bench.errors import MMNeuronError
+from mmneuron_bench.formats.atomic import all_or_nothing
 from mmneuron_bench.formats.outputs import write_json
 from mmneuron_bench.tables import Table
 
@@ -64,7 +72,8 @@ def _data_options(required: bool):
                     "task_specs",
                     multiple=True,
                     required=required,
-                    help=f"lmms-eval task(s), comma-separated or repeated{default}.",
+                    help=f"lmms-eval task(s) (tags and groups: their tasks), comma-separated "
+                    f"or repeated{default}.",
                 ),
                 click.option(
                     "--include-path",
@@ -138,15 +147,26 @@ def _load(model: ModelChoice):
     return loaded, loaded.adapter.resolve(loaded.model), model_identity(loaded, model.pretrained)
 
 
-def _generate(loaded, components, data: Data, batch_size: int, activations=None):
-    """Tasks loaded, and the greedy generation of each of their samples."""
-    from mmneuron_bench.domains.tasks import domain_samples, load_tasks
+def _tasks(model: ModelChoice, data: Data, outputs: list, inputs: list) -> dict:
+    """The data's tasks (tags and groups expanded), loaded before the model after checking
+    that no output is an input (the model's and the tasks' files included)."""
+    from mmneuron_bench.domains.tasks import load_tasks
+
+    check_outputs(outputs, [*inputs, *model_inputs(model), *task_inputs(data.include_paths)])
+    return load_tasks(data.tasks, data.include_paths)
+
+
+def _tokenizer(model: ModelChoice):
+    """The model's tokenizer, to check token names before the weights load."""
+    return model.adapter().load_processor(model.pretrained).tokenizer
+
+
+def _generate(loaded, components, tasks: dict, data: Data, batch_size: int, activations=None):
+    """The greedy generation of each sample of the (loaded) tasks."""
+    from mmneuron_bench.domains.tasks import domain_samples
     from mmneuron_bench.neurons.generation import generate
 
-    tasks = load_tasks(data.tasks, data.include_paths)
-    samples = domain_samples(tasks, data.tasks, data.limit)
-    if not samples:
-        raise MMNeuronError(f"the tasks {', '.join(data.tasks)} have no documents")
+    samples = domain_samples(tasks, list(tasks), data.limit)
     generations = []
     with progress() as bars:
         bar = bars.add_task("generating", total=len(samples))
@@ -162,7 +182,7 @@ def _generate(loaded, components, data: Data, batch_size: int, activations=None)
         ):
             generations += batch
             bars.advance(bar, len(batch))
-    return tasks, generations
+    return generations
 
 
 def _load_neurons(path: Path):
@@ -230,23 +250,25 @@ def find(
 
     aggregate = aggregate or ("paper" if preset == "paper" else "mean")
     scores = scores or _default_scores(out)
-    check_output_files(out, scores)
     data = data_options.over({})
-    loaded, components, model_meta = _load(model)
-    tokenizer = loaded.processor.tokenizer
-    llm = llm_component(components)
-    if top_k > llm.info.layers * llm.info.width:
+    tasks = _tasks(model, data, [out, scores], [])
+    neurons = llm_component(model_skeleton(model)[1]).info
+    if top_k > neurons.layers * neurons.width:
         raise MMNeuronError(
-            f"--top-k {top_k} exceeds the {llm.info.layers * llm.info.width} llm neurons"
+            f"--top-k {top_k} exceeds the {neurons.layers * neurons.width} llm neurons"
         )
     keep = None
     if words:
         keep = set()
+        tokenizer = _tokenizer(model)
         for word in words:
             ids = tokenizer.encode(word, add_special_tokens=False)
             if not ids:
                 raise MMNeuronError(f"--token {word!r} is no token at all")
             keep.update(ids)
+    loaded, components, model_meta = _load(model)
+    tokenizer = loaded.processor.tokenizer
+    llm = llm_component(components)
     down = down_weights(llm)
     unembed = unembedding(loaded).detach()
     if aggregate == "paper":
@@ -254,7 +276,7 @@ def find(
         activations = FirstOccurrenceRanking(llm.info, down, unembed, top_k, starts, keep)
     else:
         activations = TokenActivations(llm.info, keep)
-    _, generations = _generate(loaded, components, data, batch_size, activations)
+    generations = _generate(loaded, components, tasks, data, batch_size, activations)
     found = (
         activations.top(top_k) if aggregate == "paper" else activations.top(top_k, down, unembed)
     )
@@ -268,8 +290,9 @@ def find(
     report = _scores_json(mask, found, promoted, generations, tokenizer)
     if aggregate == "paper":
         report["per_image"] = activations.lists_json(lambda t: tokenizer.decode([t]))
-    write_json(scores, report)
-    mask.save(out)
+    with all_or_nothing():
+        write_json(scores, report)
+        mask.save(out)
     print_table(_find_table(mask, found, promoted, tokenizer, scores))
     click.echo(f"wrote {os.fspath(out)}")
     click.echo(f"wrote {os.fspath(scores)}")
@@ -360,7 +383,7 @@ def _find_table(mask, found, promoted, tokenizer, scores: Path) -> Table:
 @click.option(
     "--draws", type=click.IntRange(min=1), default=3, show_default=True, help="Random controls."
 )
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option(
     "--method",
     type=click.Choice(["zero", "noise"]),
@@ -376,6 +399,7 @@ def _find_table(mask, found, promoted, tokenizer, scores: Path) -> Table:
 @click.option(
     "--out", type=click.Path(dir_okay=False, path_type=Path), help="Also write the results as JSON."
 )
+@allow_other_model_option
 def ablate(
     model: ModelChoice,
     batch_size,
@@ -388,6 +412,7 @@ def ablate(
     sigma,
     preset,
     out,
+    allow_other_model,
 ) -> None:
     """Causal check: p(token) with its top-k neurons off (or perturbed) versus k random ones.
 
@@ -403,14 +428,16 @@ def ablate(
     from mmneuron_bench.neurons.neurons_file import check_contribution_mask
     from mmneuron_bench.neurons.tokens import resolve_token
 
-    check_output_files(out)
     mask = _load_neurons(neurons_path)
-    loaded, components, model_meta = _load(model)
-    check_contribution_mask(mask, loaded.model, str(neurons_path))
-    tokenizer = loaded.processor.tokenizer
-    domains = [resolve_token(mask, tokenizer, w) for w in words] if words else mask.domains
     data = data_options.over(mask.params)
-    tasks, generations = _generate(loaded, components, data, batch_size)
+    tasks = _tasks(model, data, [out], [neurons_path])
+    other = check_contribution_mask(
+        mask, model_skeleton(model)[0], str(neurons_path), allow_other_model
+    )
+    tokenizer = _tokenizer(model) if words else None
+    domains = [resolve_token(mask, tokenizer, w) for w in words] if words else mask.domains
+    loaded, components, model_meta = _load(model)
+    generations = _generate(loaded, components, tasks, data, batch_size)
     results = run_ablation(
         loaded, components, tasks, generations, mask, list(dict.fromkeys(domains)), draws, seed,
         batch_size, method, sigma or 0.0, model_meta,
@@ -433,6 +460,7 @@ def ablate(
                     {**asdict(r), "text": mask.params["tokens"][r.domain]["text"]} for r in results
                 ],
                 "not_generated": missing,
+                **({"other_model": mask.model} if other else {}),
             },
         )
         click.echo(f"wrote {os.fspath(out)}")
@@ -488,6 +516,7 @@ def _ablation_table(mask, results, draws: int, seed: int, method: str, sigma) ->
     type=click.Path(dir_okay=False, path_type=Path),
     help="Measure the edit on the data (before vs after) and write the numbers as JSON.",
 )
+@allow_other_model_option
 def edit(
     model: ModelChoice,
     batch_size,
@@ -498,6 +527,7 @@ def edit(
     strength,
     out,
     report,
+    allow_other_model,
 ) -> None:
     """Move the output weights of SOURCE's top neurons from its unembedding toward TARGET's.
 
@@ -510,30 +540,40 @@ def edit(
     from mmneuron_bench.neurons.neurons_file import check_contribution_mask
     from mmneuron_bench.neurons.tokens import resolve_token, single_token
 
-    check_output_files(out, report)
     mask = _load_neurons(neurons_path)
-    loaded, components, model_meta = _load(model)
-    check_contribution_mask(mask, loaded.model, str(neurons_path))
-    tokenizer = loaded.processor.tokenizer
+    if report is None:
+        check_outputs([out], [neurons_path, *model_inputs(model)])
+    else:
+        data = data_options.over(mask.params)
+        tasks = _tasks(model, data, [out, report], [neurons_path])
+    other = check_contribution_mask(
+        mask, model_skeleton(model)[0], str(neurons_path), allow_other_model
+    )
+    tokenizer = _tokenizer(model)
     domain = resolve_token(mask, tokenizer, source)
     target_id = single_token(tokenizer, target)
     extra = {"neurons_file": sha256_file(neurons_path)}
+    if other:
+        extra["neurons_model"] = mask.model
+    loaded, components, model_meta = _load(model)
     weight_edit = compute_edit(
         loaded, components, model_meta, mask, domain, target_id, strength, extra
     )
-    weight_edit.save(out)
     print_table(_edit_table(weight_edit))
-    click.echo(f"wrote {os.fspath(out)}")
-    if report is None:
-        return
-    data = data_options.over(mask.params)
-    tasks, generations = _generate(loaded, components, data, batch_size)
-    effects = edit_effects(
-        loaded, tasks, generations, weight_edit, data.prompt, data.max_new_tokens, batch_size
-    )
-    print_table(_effects_table(effects, weight_edit))
-    write_json(report, {"edit": weight_edit.params, "data": asdict(data), **effects})
-    click.echo(f"wrote {os.fspath(report)}")
+    effects = None
+    if report is not None:
+        generations = _generate(loaded, components, tasks, data, batch_size)
+        effects = edit_effects(
+            loaded, tasks, generations, weight_edit, data.prompt, data.max_new_tokens, batch_size
+        )
+        print_table(_effects_table(effects, weight_edit))
+    with all_or_nothing():  # the edit and its report together, or neither
+        weight_edit.save(out)
+        if effects is not None:
+            write_json(report, {"edit": weight_edit.params, "data": asdict(data), **effects})
+    for path in (out, report):
+        if path is not None:
+            click.echo(f"wrote {os.fspath(path)}")
 
 
 def _edit_table(weight_edit) -> Table:

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import click
 
+from mmneuron_bench.cli.checks import check_outputs, model_inputs, task_inputs
 from mmneuron_bench.cli.options import (
     ModelChoice,
-    check_output_files,
     domain_definitions,
     model_options,
     preset_option,
@@ -89,8 +89,9 @@ def record(
 
     The prompt is the one lmms-eval's model for the family uses (chat template, the task's own
     pre- and post-prompt); --preset paper records the papers' bare '<image>\\n{question}'.
+    A task may be an lmms-eval tag or group: its tasks are recorded.
     """
-    from mmneuron_bench.recording.run import Recording, RecordPlan
+    from mmneuron_bench.recording.run import Recording, RecordPlan, plan_samples
 
     prompt = "paper" if preset == "paper" else "default"
     plan = RecordPlan(
@@ -101,12 +102,13 @@ def record(
         token_scope,
         prompt,
     )
-    check_output_files(out)
+    check_outputs([out], [*model_inputs(model), *task_inputs(include_paths)])
     _check_token_scope(model, token_scope)
     state, shard = _distributed_shard()
+    planned = plan_samples(plan, shard)  # task names and data, before the model loads
     on_cuda = shard.world > 1 and model.device.startswith("cuda")
     loaded = model.load(device=str(state.device) if on_cuda else None)
-    recording = Recording(loaded, plan, shard)
+    recording = Recording(loaded, plan, shard, planned)
     total = sum(len(s) for s in recording.samples.values())
     with progress(disable=shard.rank != 0) as bars:
         bar = bars.add_task("recording", total=total)

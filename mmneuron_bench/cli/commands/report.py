@@ -7,8 +7,10 @@ from pathlib import Path
 
 import click
 
+from mmneuron_bench.cli.checks import check_folder_outputs
 from mmneuron_bench.cli.options import output_folder
 from mmneuron_bench.console import print_table
+from mmneuron_bench.formats.atomic import all_or_nothing
 from mmneuron_bench.tables import Table
 
 
@@ -25,10 +27,15 @@ def report(folder: Path, output: Path | None) -> None:
     Writes report.html (self-contained: tables, and figures embedded as data URIs) and
     report.md (figures linked by relative path).
     """
-    from mmneuron_bench.analysis.report import build_report, write_report
+    from mmneuron_bench.analysis.report import Figure, build_report, write_report
 
     built = build_report(folder)
-    paths = write_report(built, output_folder(output or folder))
+    out = output or folder
+    inputs = [s.source for s in built.sections]
+    inputs += [b.path for s in built.sections for b in s.blocks if isinstance(b, Figure)]
+    check_folder_outputs(out, ["report.html", "report.md"], inputs)
+    with all_or_nothing():
+        paths = write_report(built, output_folder(out))
     rows = [[section.title, os.fspath(section.source)] for section in built.sections]
     rows += [[f"not found: {missing}", "-"] for missing in built.missing]
     print_table(Table(f"report of {folder}", ["section", "from"], rows))

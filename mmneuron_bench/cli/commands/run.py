@@ -12,10 +12,18 @@ from pathlib import Path
 
 import click
 
+from mmneuron_bench.cli.checks import (
+    SEED,
+    SEED_MAX,
+    allow_other_model_option,
+    check_folder_outputs,
+    model_inputs,
+    model_skeleton,
+    task_inputs,
+)
 from mmneuron_bench.cli.options import (
     ModelChoice,
     OptionConflict,
-    check_output_folder,
     domain_choice_option,
     given_options,
     model_options,
@@ -62,7 +70,9 @@ def metrics_table(results: dict, described: dict, title: str) -> Table:
     return Table(title, header, rows)
 
 
-def _check_options(ctx: click.Context, mask, stats, mode, grid, baseline, modules, seeds) -> None:
+def _check_options(
+    ctx: click.Context, mask, stats, mode, grid, baseline, modules, seeds, seed
+) -> None:
     """Refuse combinations that make no sense, before anything is loaded."""
     given = given_options(ctx, MASK_OPTIONS)
     if grid:
@@ -74,6 +84,11 @@ def _check_options(ctx: click.Context, mask, stats, mode, grid, baseline, module
         raise OptionConflict("--modules takes one module set without --grid")
     if seeds > 1 and baseline is None:
         raise OptionConflict("--random-seeds needs --baseline random")
+    if seed + seeds - 1 > SEED_MAX:
+        raise OptionConflict(
+            f"--seed {seed} with --random-seeds {seeds} needs seeds up to {seed + seeds - 1}, "
+            f"beyond the largest seed {SEED_MAX}"
+        )
     if mask is None and given:
         raise OptionConflict(f"--{sorted(given)[0]} needs --mask")
     if mode == "mean" and stats is None:
@@ -146,7 +161,7 @@ def _intervention_args(values: tuple[str, ...]) -> dict[str, str]:
     show_default=True,
     help="Folder for results.json, samples_TASK.jsonl, provenance.json (grid.json, grid.csv).",
 )
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option(
     "--grid",
     is_flag=True,
@@ -166,6 +181,7 @@ def _intervention_args(values: tuple[str, ...]) -> dict[str, str]:
     show_default=True,
     help="--baseline random: random masks of seeds --seed.. --seed+K-1, reported as mean ± sd.",
 )
+@allow_other_model_option
 @click.pass_context
 def run(
     ctx: click.Context,
@@ -188,6 +204,7 @@ def run(
     baseline,
     preset,
     random_seeds,
+    allow_other_model,
 ) -> None:
     """Evaluate lmms-eval tasks through the mmneuron model (neurons of --mask switched off).
 
@@ -195,21 +212,35 @@ def run(
     unless a task asks otherwise, and every seed is --seed, so a command gives the same
     numbers each time. Writes lmms-eval's results JSON, per-sample logs and provenance.
     """
-    _check_options(ctx, mask, stats, mode, grid, baseline, modules, random_seeds)
+    _check_options(ctx, mask, stats, mode, grid, baseline, modules, random_seeds, seed)
     plugin_args = _intervention_args(interventions)
-    check_output_folder(output)
-    from mmneuron_bench.domains.tasks import task_manager
+    from mmneuron_bench.domains.tasks import load_tasks, task_manager
+    from mmneuron_bench.formats.mask import NeuronMask
+    from mmneuron_bench.formats.stats import ActivationStats
     from mmneuron_bench.lmms import workarounds
     from mmneuron_bench.lmms.evaluate import lmms_eval_logs_to_stderr
+    from mmneuron_bench.lmms.grid import grid_tasks
     from mmneuron_bench.lmms.model import interventions_from_args, pick_base
 
     names = task_names(task_specs)
+    _check_run_folder(output, grid)
     lmms_eval_logs_to_stderr()
     adapter, base_name = pick_base(model.pretrained, model.adapter_name, base)
     modules_given = "modules" in given_options(ctx, ("modules",))
     manager = task_manager(names, include_paths, base_name)
+    # Tags and groups expanded; each task's data read and counted before the model loads.
+    tasks = load_tasks(names, include_paths, manager)
     base_cls = workarounds.import_base(base_name)  # a chat base takes generation tasks only
-    workarounds.check_chat_tasks(base_name, getattr(base_cls, "is_simple", True), names, manager)
+    workarounds.check_chat_tasks(
+        base_name, getattr(base_cls, "is_simple", True), list(tasks), manager
+    )
+    inputs = [mask, stats, edit, *(p for p in map(Path, plugin_args.values()) if p.is_file())]
+    outputs = ["results.json", "provenance.json", "grid.json", "grid.csv"]
+    check_folder_outputs(
+        output,
+        [*outputs, *(f"samples_{t}.jsonl" for t in tasks)],
+        [*inputs, *model_inputs(model), *task_inputs(include_paths)],
+    )
     settings = {
         "tasks": names,
         "include_paths": [os.fspath(p) for p in include_paths],
@@ -231,6 +262,8 @@ def run(
         "dtype": model.dtype,
         "batch_size": batch_size,
     }
+    if allow_other_model:
+        settings["allow_other_model"] = model_args["allow_other_model"] = True
     given = dict(plugin_args)
     if edit is not None:
         given["edit"] = os.fspath(edit)
@@ -247,15 +280,65 @@ def run(
             settings["module_sets_left_out"] = left_out
         if random_seeds > 1:
             settings["random_seeds"] = random_seeds
-        grid_args = (mask, stats, domain, baseline, rows, random_seeds)
-        _run_grid(manager, names, model_args, built, grid_args, settings, output)
+        neuron_mask = NeuronMask.load(mask)
+        mean_stats = None if stats is None else ActivationStats.load(stats)
+        columns = grid_tasks(tasks, neuron_mask, domain)  # each task's domains and metric
+        task_domains = [column["domain"] for column in columns.values()]
+        names = (f"--mask {mask}", f"--stats {stats}")
+        grid_files = (neuron_mask, mean_stats, task_domains, names)
+        _check_models(model, built, grid_files, allow_other_model, settings)
+        grid_args = (mask, neuron_mask, stats, mean_stats, columns, baseline, rows, random_seeds)
+        _run_grid(manager, tasks, model_args, built, grid_args, settings, output)
         return
     modules, _ = choose_module_sets(modules, mask is not None, preset, adapter)
     settings["modules"] = modules[0]
     if mask is not None:
         given.update(mask=mask, modules=modules[0], domain=domain, mode=mode, stats=stats)
     built = interventions_from_args(given)
+    mask_files = None
+    if mask is not None:  # every task's domains found before the model loads
+        masking = next(i for i in built if i.kind == "mask")
+        task_domains = list(domain.resolve(tasks, masking.mask.domains).values())
+        mask_files = (masking.mask, masking.stats, task_domains, None)
+    _check_models(model, built, mask_files, allow_other_model, settings)
     _run_once(manager, names, model_args, built, (mask, stats), settings, output)
+
+
+def _check_run_folder(output: Path, grid: bool) -> None:
+    """A plain run and a grid do not share a folder: each would overwrite the other's
+    provenance.json (and a grid could not resume)."""
+    if not grid and (output / "grid.json").exists():
+        raise MMNeuronError(
+            f"{output} holds a grid (grid.json), whose provenance.json a plain run would "
+            "overwrite; give another --output"
+        )
+    if grid and (output / "results.json").exists() and not (output / "grid.json").exists():
+        raise MMNeuronError(
+            f"{output} holds the results of a plain run (results.json), whose provenance.json "
+            "a grid would overwrite; give another --output"
+        )
+
+
+def _check_models(model: ModelChoice, built, mask_files, allow: bool, settings: dict) -> None:
+    """Check every file to be applied against the model's skeleton (no weights): refused when
+    it does not fit or was made on another model, unless ``allow`` (then recorded in
+    ``settings``). ``mask_files``: the mask, the stats, the tasks' domains (in mean mode each
+    task's means are computed as the run will) and, for the grid's mask (no intervention
+    holds it), the names of the two files."""
+    from mmneuron_bench.interventions.mask import Deactivation, check_mask_model
+
+    skeleton, components = model_skeleton(model)
+    transfers = {}
+    if mask_files is not None:
+        mask, stats, task_domains, names = mask_files
+        if names is not None:
+            transfers.update(check_mask_model(skeleton, components, mask, stats, allow, names))
+        for domains in dict.fromkeys(task_domains) if stats is not None else ():
+            Deactivation(components, mask, domains.split("+"), "all", "mean", stats)
+    for intervention in built:
+        transfers.update(intervention.check_model(skeleton, components, allow))
+    if transfers:
+        settings["other_model"] = transfers
 
 
 def _run_once(manager, names, model_args, built, files, settings, output: Path) -> None:
@@ -281,7 +364,8 @@ def _run_once(manager, names, model_args, built, files, settings, output: Path) 
 
 
 def _check_grid_settings(output: Path, settings: dict, stats: Path | None) -> None:
-    """An earlier grid in ``output`` must have been run with the same settings and stats file."""
+    """An earlier grid in ``output`` must have been run with the same settings and stats file
+    (files compared by content, folders by where they resolve to, not by spelling)."""
 
     path = output / "provenance.json"
     if not (output / "grid.json").exists() or not path.exists():
@@ -293,22 +377,31 @@ def _check_grid_settings(output: Path, settings: dict, stats: Path | None) -> No
         raise MMNeuronError(f"{path}: not a readable provenance file ({exc})") from None
     now = {**settings, "stats": None if stats is None else file_reference(stats)}
     for key in sorted((set(before) | set(now)) - {"device", "batch_size"}):
-        if before.get(key) != now.get(key):
+        if _comparable(key, before.get(key)) != _comparable(key, now.get(key)):
             raise MMNeuronError(
                 f"{output} holds a grid run with other settings ({key}: {before.get(key)!r}, "
                 f"now {now.get(key)!r}); give another --output to start anew"
             )
 
 
-def _run_grid(manager, names, model_args, built, grid_args, settings, output: Path) -> None:
-    from mmneuron_bench.formats.mask import NeuronMask
+def _comparable(key: str, value):
+    """A setting as compared between runs: a file by its sha256, a path by where it
+    resolves to."""
+    if isinstance(value, dict) and "sha256" in value:
+        return value["sha256"]
+    if key == "include_paths" and isinstance(value, list):
+        return [os.path.realpath(p) for p in value]
+    if key == "interventions" and isinstance(value, dict):
+        return {k: os.path.realpath(v) if os.path.exists(str(v)) else v for k, v in value.items()}
+    return value
+
+
+def _run_grid(manager, tasks, model_args, built, grid_args, settings, output: Path) -> None:
     from mmneuron_bench.formats.outputs import write_json
-    from mmneuron_bench.formats.stats import ActivationStats
     from mmneuron_bench.lmms.evaluate import evaluate, provenance
     from mmneuron_bench.lmms.grid import (
         grid_header,
         grid_tables,
-        grid_tasks,
         load_cells,
         plan_cells,
         random_seeds,
@@ -316,45 +409,46 @@ def _run_grid(manager, names, model_args, built, grid_args, settings, output: Pa
     )
     from mmneuron_bench.lmms.model import MMNeuronLMM
 
-    mask, stats, domain, baseline, module_sets, seeds = grid_args
-    neuron_mask = NeuronMask.load(mask)
-    activation_stats = None if stats is None else ActivationStats.load(stats)
-    try:
-        task_objects = manager.load_task_or_group(names)
-    except Exception as exc:  # noqa: BLE001 - any dataset or YAML failure, said in one line
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise MMNeuronError(f"cannot load tasks {', '.join(names)}: {first}") from None
-    tasks = grid_tasks({n: task_objects[n] for n in names}, neuron_mask, domain)
+    mask, neuron_mask, stats, activation_stats, columns, baseline, module_sets, seeds = grid_args
+    names = list(tasks)  # the grid's columns: tags and groups expanded to their tasks
     _check_grid_settings(output, settings, stats)
     lm = MMNeuronLMM(**model_args, interventions=built)
-    header = grid_header(lm.identity(), file_reference(mask), baseline, tasks, module_sets, seeds)
+    header = grid_header(lm.identity(), file_reference(mask), baseline, columns, module_sets, seeds)
     done = len(load_cells(output, header))
+    new_folder = not output.exists()
     output.mkdir(parents=True, exist_ok=True)
-    configs = {name: task_objects[name].dump_config() for name in names}
-    write_json(output / "provenance.json", provenance(lm, settings, mask, stats, configs))
+    configs = {name: task.dump_config() for name, task in tasks.items()}
     plan = plan_cells(module_sets, names, baseline, random_seeds(header, settings["seed"]))
     total = len(plan)
     if done:
         click.echo(f"resuming: {done} of {total} cells already in {output / 'grid.json'}", err=True)
-    with progress("cells") as bars:
-        bar = bars.add_task("grid", total=total, completed=done)
+    try:
+        write_json(output / "provenance.json", provenance(lm, settings, mask, stats, configs))
+        with progress("cells") as bars:
+            bar = bars.add_task("grid", total=total, completed=done)
 
-        def advance(cell, _value: float) -> None:
-            bars.update(bar, advance=1, description=f"{cell.module_set} {cell.task}")
+            def advance(cell, _value: float) -> None:
+                bars.update(bar, advance=1, description=f"{cell.module_set} {cell.task}")
 
-        cells = run_grid(
-            lm,
-            neuron_mask,
-            header,
-            lambda task: evaluate(
-                lm, [task], manager, settings["limit"], settings["seed"], settings["batch_size"]
-            ),
-            output,
-            seed=settings["seed"],
-            mode=settings["mode"],
-            stats=activation_stats,
-            on_cell=advance,
-        )
+            cells = run_grid(
+                lm,
+                neuron_mask,
+                header,
+                lambda task: evaluate(
+                    lm, [task], manager, settings["limit"], settings["seed"], settings["batch_size"]
+                ),
+                output,
+                seed=settings["seed"],
+                mode=settings["mode"],
+                stats=activation_stats,
+                on_cell=advance,
+            )
+    except BaseException:
+        if not (output / "grid.json").exists():  # no cell written: nothing to resume from
+            (output / "provenance.json").unlink(missing_ok=True)
+            if new_folder and not any(output.iterdir()):
+                output.rmdir()
+        raise
     for table in grid_tables(header, cells, settings["seed"]):
         print_table(table)
     for module_set, reason in settings.get("module_sets_left_out", {}).items():

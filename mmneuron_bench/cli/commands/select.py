@@ -12,12 +12,8 @@ from mmneuron_bench.analysis.distribution import (
     neuron_distribution,
     selection_table,
 )
-from mmneuron_bench.cli.options import (
-    FiniteFloatRange,
-    OptionConflict,
-    check_output_files,
-    given_options,
-)
+from mmneuron_bench.cli.checks import SEED, check_outputs
+from mmneuron_bench.cli.options import FiniteFloatRange, OptionConflict, given_options
 from mmneuron_bench.console import print_table
 from mmneuron_bench.errors import MMNeuronError
 from mmneuron_bench.formats.common import sha256_file
@@ -72,7 +68,7 @@ DAPE_OPTIONS = ("top_rate", "filter_rate", "bar_ratio")
 )
 @click.option(
     "--seed",
-    type=click.IntRange(min=0),
+    type=SEED,
     default=0,
     show_default=True,
     help="random: seed of the random choice.",
@@ -105,7 +101,7 @@ def select(
     """
     given = given_options(ctx, (*DAPE_OPTIONS, "seed"))
     _check_options(method, stats, like, given)
-    check_output_files(out)
+    check_outputs([out], [stats, like])
     if method == "dape":
         loaded = ActivationStats.load(stats)
         mask = dape_mask(loaded, top_rate, filter_rate, bar_ratio, source=sha256_file(stats))
