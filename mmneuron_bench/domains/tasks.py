@@ -54,7 +54,7 @@ def task_manager(names: Sequence[str], include_paths: Sequence[str], model_name:
 
 def expand_task_names(manager: Any, names: Sequence[str]) -> list[str]:
     """``names`` with every lmms-eval tag and group replaced by its tasks (recursively), each
-    task once, in order.
+    task once, in order (a group's as its YAML lists them, a tag's sorted by name).
 
     A group that defines a task inline (a YAML mapping with settings of its own) is refused:
     its tasks cannot be run or read by name.
@@ -74,7 +74,7 @@ def expand_task_names(manager: Any, names: Sequence[str]) -> list[str]:
         if name in within:
             raise MMNeuronError(f"group {name!r} contains itself")
         if entry["type"] == "tag" or entry.get("yaml_path", -1) == -1:
-            members = entry["task"]
+            members = sorted(entry["task"])  # lmms-eval lists them in file-system order
         else:
             members = load_yaml_config(yaml_path=entry["yaml_path"], mode="simple").get("task")
             members = members if isinstance(members, list) else [members]
