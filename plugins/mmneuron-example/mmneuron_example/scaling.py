@@ -27,6 +27,10 @@ class Scaling(Intervention):
         self.path = path
         self.hooks: list[tuple[torch.nn.Module, torch.Tensor]] = []
 
+    def recorded_models(self) -> dict[str, dict]:
+        # Compared with the model before attach: a mask of another model is refused.
+        return {"the scale mask": self.mask.model}
+
     def attach(self, target) -> None:
         components = {c.name: c for c in target.components}
         self.mask.check_matches({name: c.info for name, c in components.items()})
