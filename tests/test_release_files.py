@@ -71,3 +71,18 @@ def test_neurons_and_edit_are_found_and_computed_again_exactly(tmp_path):
         assert a.module == b.module
         assert all(torch.equal(x, y) for x, y in ((a.columns, b.columns), (a.original, b.original),
                                                    (a.delta, b.delta)))  # fmt: skip
+
+
+def test_files_of_0_1_0_are_recognised_before_the_model_loads():
+    """Their fingerprints name the folder they were made in; the check before loading (on the
+    model's skeleton) accepts them as it does on the loaded model."""
+    from mmneuron_bench.cli.checks import model_skeleton
+    from mmneuron_bench.cli.options import ModelChoice
+    from mmneuron_bench.interventions.mask import check_mask_model
+
+    skeleton, components = model_skeleton(ModelChoice(None, str(MINI_MODEL_DIR), "cpu", "auto"))
+    mask = NeuronMask.load(RELEASE / "legacy.mask.safetensors")
+    stats = ActivationStats.load(RELEASE / "legacy.stats.safetensors")
+    assert stats.documents is None  # 0.1.0 did not record them
+    assert check_mask_model(skeleton, components, mask, stats) == {}
+    WeightEdit.load(RELEASE / "legacy.edit.safetensors").check_fingerprint(skeleton)

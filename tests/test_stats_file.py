@@ -11,7 +11,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from mmneuron_bench.errors import FileFormatError, MaskMismatchError, MMNeuronError
-from mmneuron_bench.formats.atomic import atomic_path, atomic_write
+from mmneuron_bench.formats.atomic import all_or_nothing, atomic_path, atomic_write
 from mmneuron_bench.formats.stats import ActivationStats, merge
 from mmneuron_bench.models.components import ComponentInfo
 
@@ -111,6 +111,24 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
 
     atomic_write(target, lambda tmp: tmp.write_bytes(b"new"))
     assert target.read_bytes() == b"new" and list(tmp_path.iterdir()) == [target]
+
+
+def test_files_written_together_appear_together_or_not_at_all(tmp_path, monkeypatch):
+    a, b = tmp_path / "a.json", tmp_path / "b.stats.safetensors"
+    a.write_text("old")
+    with pytest.raises(RuntimeError, match="failed later"):
+        with all_or_nothing():
+            atomic_write(a, lambda tmp: tmp.write_text("new"))
+            with all_or_nothing():  # an inner block hands its files to the outer one
+                make_stats().save(b)
+            assert a.read_text() == "old" and not b.exists()
+            raise RuntimeError("failed later")
+    assert sorted(tmp_path.iterdir()) == [a] and a.read_text() == "old"
+    with all_or_nothing():
+        atomic_write(a, lambda tmp: tmp.write_text("new"))
+        make_stats().save(b)
+    assert a.read_text() == "new" and ActivationStats.load(b).samples == make_stats().samples
+    assert sorted(tmp_path.iterdir()) == [a, b]
 
 
 def test_failed_save_keeps_previous_file(tmp_path, monkeypatch):
@@ -287,3 +305,55 @@ def test_merge_refuses_mismatches(overrides, field):
     with pytest.raises(MaskMismatchError, match=field) as info:
         merge([make_stats(), make_stats(seed=1, **overrides)])
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("ids", "text"),
+    [
+        ([], ""),
+        ([4], "4"),
+        ([0, 1, 2, 5, 7, 9], "0-2,5-9:2"),
+        ([0, 2, 4, 6, 8], "0-8:2"),  # one process of two
+        ([3, 10], "3,10"),
+        ([1, 2, 3, 4, 10, 11], "1-4,10-11"),
+    ],
+)
+def test_document_ids_are_written_as_ranges_and_read_back(ids, text):
+    from mmneuron_bench.formats.documents import decode_ids, encode_ids
+
+    assert encode_ids(ids) == text
+    assert decode_ids(text, len(ids)) == ids
+
+
+@pytest.mark.parametrize("text", ["5-3", "1-4:2", "0-4,3", "a", "-1", "0-99999999999"])
+def test_malformed_document_ranges_are_refused(text):
+    from mmneuron_bench.formats.documents import decode_ids
+
+    with pytest.raises(ValueError):
+        decode_ids(text, 10)
+
+
+def test_documents_round_trip_merge_and_validation(tmp_path):
+    x = make_stats(seed=1, documents={"a": {"t": [0, 1, 2], "u": [0]}, "b": {"t": [3, 4, 5, 6]}})
+    y = make_stats(seed=2, documents={"a": {"t": [3, 4, 5, 6, 7]}, "b": {"u": [0, 1, 2, 3]}})
+    path = tmp_path / "x.stats.safetensors"
+    x.save(path)
+    with safe_open(path, "pt") as f:
+        assert json.loads(f.metadata()["documents"]) == {
+            "a": {"t": "0-2", "u": "0"},
+            "b": {"t": "3-6"},
+        }
+    assert ActivationStats.load(path).documents == x.documents
+    merged = merge([x, y])
+    assert merged.documents == {
+        "a": {"t": list(range(8)), "u": [0]},
+        "b": {"t": [3, 4, 5, 6], "u": [0, 1, 2, 3]},
+    }
+    again = {"a": {"t": [1, 2, 8, 9, 10]}, "b": {"t": [7, 8, 9, 10]}}
+    twice = r"domain 'a', task 't': 2 documents \(1-2\) counted in stats 1 too"
+    with pytest.raises(MaskMismatchError, match=twice):
+        merge([x, make_stats(seed=2, documents=again)])
+    assert merge([x, make_stats(seed=2)]).documents is None  # one file does not say
+    short = make_stats(seed=1, documents={"a": {"t": [0, 1, 2]}, "b": {"t": [0, 1, 2, 3]}})
+    with pytest.raises(FileFormatError, match="lists 3 documents of domain 'a', 'samples' 4"):
+        short.save(path)
