@@ -284,8 +284,7 @@ def run(
         mean_stats = None if stats is None else ActivationStats.load(stats)
         columns = grid_tasks(tasks, neuron_mask, domain)  # each task's domains and metric
         task_domains = [column["domain"] for column in columns.values()]
-        names = (f"--mask {mask}", f"--stats {stats}")
-        grid_files = (neuron_mask, mean_stats, task_domains, names)
+        grid_files = (neuron_mask, mean_stats, task_domains, (f"--mask {mask}", f"--stats {stats}"))
         _check_models(model, built, grid_files, allow_other_model, settings)
         grid_args = (mask, neuron_mask, stats, mean_stats, columns, baseline, rows, random_seeds)
         _run_grid(manager, tasks, model_args, built, grid_args, settings, output)
