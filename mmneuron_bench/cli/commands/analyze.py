@@ -241,8 +241,8 @@ def _prepare(
     transfers = {}
     if mask is not None:
         skeleton, components = model_skeleton(model)
-        names = (f"--mask {mask_path}", "")
-        transfers = check_mask_model(skeleton, components, mask, None, allow, names)
+        what = (f"--mask {mask_path}", "")
+        transfers = check_mask_model(skeleton, components, mask, None, allow, what)
     return model.load(), mask, tasks, domains, transfers
 
 

@@ -460,7 +460,7 @@ def ablate(
                     {**asdict(r), "text": mask.params["tokens"][r.domain]["text"]} for r in results
                 ],
                 "not_generated": missing,
-                **({"other_model": mask.model} if other else {}),
+                **({"other_model": {os.fspath(neurons_path): mask.model}} if other else {}),
             },
         )
         click.echo(f"wrote {os.fspath(out)}")
@@ -554,7 +554,7 @@ def edit(
     target_id = single_token(tokenizer, target)
     extra = {"neurons_file": sha256_file(neurons_path)}
     if other:
-        extra["neurons_model"] = mask.model
+        extra["other_model"] = {os.fspath(neurons_path): mask.model}
     loaded, components, model_meta = _load(model)
     weight_edit = compute_edit(
         loaded, components, model_meta, mask, domain, target_id, strength, extra
