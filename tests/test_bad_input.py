@@ -351,14 +351,22 @@ def damaged(tiny_llava_next, tmp_path_factory) -> dict[str, tuple[Path, str]]:
     return out
 
 
-@pytest.mark.parametrize("command", sorted(READING))  # our loader, lmms-eval's
+# Our loader, lmms-eval's, and the tokenizer read before the weights.
+LOADING = {
+    **READING,
+    "neurons edit": "neurons edit --pretrained {model} --neurons {neurons} --source red "
+    "--target blue --out {out}/e.edit.safetensors",
+}
+
+
+@pytest.mark.parametrize("command", sorted(LOADING))
 @pytest.mark.parametrize("how", DAMAGES)
 def test_5_a_broken_model_folder_is_one_line_naming_folder_and_file(
     command, how, damaged, values, tmp_path
 ):
     folder, file = damaged[how]
     before = contents(folder)
-    args = line(READING[command], **{**values, "model": folder}, task=COMMON, out=tmp_path)
+    args = line(LOADING[command], **{**values, "model": folder}, task=COMMON, out=tmp_path)
     refused(cli(*args), folder, file)
     assert contents(folder) == before and list(tmp_path.iterdir()) == []
 

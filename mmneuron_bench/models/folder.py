@@ -14,6 +14,7 @@ import json
 import pickle
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from safetensors import SafetensorError
 
@@ -71,10 +72,16 @@ def check_model_folder(pretrained: str, adapter: ModelAdapter) -> None:
                 _check_index(folder, index)
         for path in sorted(folder.glob("*.safetensors")):
             _check_safetensors(folder, path)
+    load_processor(pretrained, adapter)
+
+
+def load_processor(pretrained: str, adapter: ModelAdapter) -> Any:
+    """The model's processor; one that does not load is one line naming the folder and, where
+    it can be told, the missing file."""
     try:
-        adapter.load_processor(pretrained)
+        return adapter.load_processor(pretrained)
     except _LOAD_ERRORS as exc:
-        why = _missing_processor_file(folder) or _text(exc)
+        why = _missing_processor_file(Path(pretrained)) or _text(exc)
         raise MMNeuronError(f"{pretrained}: cannot load the processor ({why})") from None
 
 

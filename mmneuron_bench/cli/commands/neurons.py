@@ -158,7 +158,9 @@ def _tasks(model: ModelChoice, data: Data, outputs: list, inputs: list) -> dict:
 
 def _tokenizer(model: ModelChoice):
     """The model's tokenizer, to check token names before the weights load."""
-    return model.adapter().load_processor(model.pretrained).tokenizer
+    from mmneuron_bench.models.folder import load_processor
+
+    return load_processor(model.pretrained, model.adapter()).tokenizer
 
 
 def _generate(loaded, components, tasks: dict, data: Data, batch_size: int, activations=None):
