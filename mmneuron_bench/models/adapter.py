@@ -170,7 +170,9 @@ class ModelAdapter:
         return bool(set(getattr(config, "architectures", None) or ()) & set(self.architectures))
 
     def refusal(self, config: Any) -> str | None:
-        """Why this adapter refuses a model of this config (None: it does not refuse it)."""
+        """Why this adapter refuses a model of this config, handled or not (None: it does not
+        refuse it): :attr:`refused_model_types` by default; a family whose variants share a
+        model type (a mixture-of-experts LLM) overrides it. Checked before anything loads."""
         return self.refused_model_types.get(getattr(config, "model_type", None))
 
     def model_cls(self) -> type:
