@@ -4,7 +4,11 @@ One loaded ``mmneuron`` model is evaluated once per cell (module set, mask, task
 the given one (``"dape"``) or, with the random baseline, :func:`select_random_like` of it
 (``"random"``): as many neurons per domain, component and layer, and for a task with
 '+'-joined domains as many as the union of theirs. Module set ``none`` switches
-nothing off and is evaluated once, under ``"dape"``.
+nothing off and is evaluated once, under ``"dape"``. A per-document intervention given to the
+grid (FastMem: ``--intervention fastmem=1``) adds rows instead of changing every cell: the
+intervention alone (module set ``none``) and with the task's DAPE neurons off in every module
+(``all``), as cells whose ``mask`` is the intervention's kind (``"fastmem"``); ``grid.json``
+then lists the kinds under ``"extra_rows"``.
 
 Files (read by other tools; keep them exactly):
 
@@ -46,23 +50,35 @@ class Cell:
     task: str
 
 
+# The module sets of an extra row's cells: the intervention alone, and with the mask on all.
+EXTRA_MODULE_SETS = ("none", "all")
+
+
 def plan_cells(
-    module_sets: Sequence[str], tasks: Sequence[str], baseline: str | None
+    module_sets: Sequence[str],
+    tasks: Sequence[str],
+    baseline: str | None,
+    extra_rows: Sequence[str] = (),
 ) -> list[Cell]:
-    """Every cell in evaluation order: the mask's rows, then the random baseline's."""
+    """Every cell in evaluation order: the mask's rows, the random baseline's, the extras'."""
     kinds = ["dape"] + ([baseline] if baseline else [])
-    return [
+    cells = [
         Cell(module_set, kind, task)
         for kind in kinds
         for module_set in module_sets
         if not (kind != "dape" and module_set == "none")
         for task in tasks
     ]
+    extra = [Cell(m, kind, t) for kind in extra_rows for m in EXTRA_MODULE_SETS for t in tasks]
+    return cells + extra
 
 
 def row_label(module_set: str, mask: str) -> str:
-    """Table row of a cell: the module set, marked for the random baseline."""
-    return module_set if mask == "dape" else f"{module_set} ({mask})"
+    """Table row of a cell: the module set, marked for the random baseline; an extra row is
+    its intervention (``fastmem``) or the intervention with the mask (``all + fastmem``)."""
+    if mask in ("dape", "random"):
+        return module_set if mask == "dape" else f"{module_set} ({mask})"
+    return mask if module_set == "none" else f"{module_set} + {mask}"
 
 
 def grid_tasks(
@@ -89,10 +105,15 @@ def grid_tasks(
 
 
 def grid_header(
-    model: dict, mask_ref: dict, baseline: str | None, tasks: dict, module_sets: Sequence[str]
+    model: dict,
+    mask_ref: dict,
+    baseline: str | None,
+    tasks: dict,
+    module_sets: Sequence[str],
+    extra_rows: Sequence[str] = (),
 ) -> dict:
-    """Everything in ``grid.json`` but the cells."""
-    return {
+    """Everything in ``grid.json`` but the cells (``extra_rows`` only when there are some)."""
+    header = {
         "format": GRID_FORMAT,
         "model": model,
         "mask": {"path": mask_ref["path"], "sha256": mask_ref["sha256"]},
@@ -100,6 +121,7 @@ def grid_header(
         "module_sets": list(module_sets),
         "tasks": tasks,
     }
+    return {**header, "extra_rows": list(extra_rows)} if extra_rows else header
 
 
 def load_cells(out_dir: Path, header: dict) -> list[dict]:
@@ -141,12 +163,16 @@ def run_grid(
     mode: str = "zero",
     stats: ActivationStats | None = None,
     on_cell: Callable[[Cell, float], None] | None = None,
+    extras: Sequence[Any] = (),
 ) -> list[dict]:
     """Evaluate every cell not yet in ``out_dir/grid.json``, saving the grid after each.
 
     ``lm`` is an :class:`~mmneuron_bench.lmms.model.MMNeuronLMM`; ``evaluate(task)`` runs
-    lmms-eval on one task and returns its results. Returns all cells, in plan order.
+    lmms-eval on one task and returns its results. ``extras`` are the interventions of the
+    header's ``extra_rows`` (by their ``kind``), held by ``lm`` only for their own cells.
+    Returns all cells, in plan order.
     """
+    extra = {intervention.kind: intervention for intervention in extras}
     out_dir.mkdir(parents=True, exist_ok=True)
     cells = load_cells(out_dir, header)
     done = {Cell(c["module_set"], c["mask"], c["task"]) for c in cells}
@@ -154,19 +180,26 @@ def run_grid(
     if header["baseline"] == "random":
         for domain in dict.fromkeys(task["domain"] for task in header["tasks"].values()):
             random_masks[domain] = select_random_like(mask, seed, together=domain.split("+"))
-    plan = plan_cells(header["module_sets"], list(header["tasks"]), header["baseline"])
+    extra_rows = header.get("extra_rows", [])
+    plan = plan_cells(header["module_sets"], list(header["tasks"]), header["baseline"], extra_rows)
     for cell in plan:
         if cell in done:
             continue
         task = header["tasks"][cell.task]
         lm.set_mask(
-            mask if cell.mask == "dape" else random_masks[task["domain"]],
+            mask if cell.mask != "random" else random_masks[task["domain"]],
             modules=cell.module_set,
             domain=task["domain"],
             mode=mode,
             stats=stats,
         )
-        value = metric_value(evaluate(cell.task), cell.task, task["metric"])
+        if cell.mask in extra:
+            lm.interventions.add(extra[cell.mask])
+        try:
+            value = metric_value(evaluate(cell.task), cell.task, task["metric"])
+        finally:
+            for kind in extra:
+                lm.interventions.remove(kind)
         cells.append(
             {
                 "module_set": cell.module_set,

@@ -67,7 +67,8 @@ def grid_table(header: dict, cells: list[dict]) -> Table:
     tasks = header["tasks"]
     values = {(c["module_set"], c["mask"], c["task"]): c["value"] for c in cells}
     rows: dict[str, list[str]] = {}
-    for cell in plan_cells(header["module_sets"], list(tasks), header["baseline"]):
+    extra_rows = header.get("extra_rows", [])
+    for cell in plan_cells(header["module_sets"], list(tasks), header["baseline"], extra_rows):
         value = values.get((cell.module_set, cell.mask, cell.task))
         rows.setdefault(row_label(cell.module_set, cell.mask), []).append(_format(value))
     columns = [f"{task} ({info['domain']}, {info['metric']})" for task, info in tasks.items()]
@@ -307,13 +308,25 @@ def _run_grid(manager, names, model_args, built, grid_args, settings, output: Pa
         raise MMNeuronError(f"cannot load tasks {', '.join(names)}: {first}") from None
     tasks = grid_tasks({n: task_objects[n] for n in names}, neuron_mask, domain)
     _check_grid_settings(output, settings, stats)
-    lm = MMNeuronLMM(**model_args, interventions=built)
-    header = grid_header(lm.identity(), file_reference(mask), baseline, tasks, list(MODULE_SETS))
+    # Per-document interventions (FastMem) are rows of their own, not on in every cell.
+    extras = [i for i in built if i.per_document]
+    lm = MMNeuronLMM(**model_args, interventions=[i for i in built if not i.per_document])
+    for extra in extras:
+        lm.interventions.add(extra)  # checked against the model before any cell runs
+        lm.interventions.remove(extra.kind)
+    header = grid_header(
+        lm.identity(),
+        file_reference(mask),
+        baseline,
+        tasks,
+        list(MODULE_SETS),
+        [e.kind for e in extras],
+    )
     done = len(load_cells(output, header))
     output.mkdir(parents=True, exist_ok=True)
     configs = {name: task_objects[name].dump_config() for name in names}
     write_json(output / "provenance.json", provenance(lm, settings, mask, stats, configs))
-    total = len(plan_cells(header["module_sets"], names, baseline))
+    total = len(plan_cells(header["module_sets"], names, baseline, header.get("extra_rows", [])))
     if done:
         click.echo(f"resuming: {done} of {total} cells already in {output / 'grid.json'}", err=True)
     with progress("cells") as bars:
@@ -334,6 +347,7 @@ def _run_grid(manager, names, model_args, built, grid_args, settings, output: Pa
             mode=settings["mode"],
             stats=activation_stats,
             on_cell=advance,
+            extras=extras,
         )
     print_table(grid_table(header, cells))
     for name in ("grid.json", "grid.csv", "provenance.json"):
