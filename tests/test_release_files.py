@@ -1,9 +1,12 @@
 """Files written by release 0.1.0 load, and today's code recomputes them exactly.
 
-``tests/data/release-0.1.0/`` holds what the 0.1.0 commands wrote on the shipped miniature
-model (``record`` on two synthetic domains, ``select --top-rate 0.1``, ``neurons find`` and
-``neurons edit``). Each file is loaded with today's readers and compared with the same
-command run again now: the counts, the selection, the neurons and the edit are identical.
+``tests/data/release-0.1.0/`` holds what the 0.1.0 commands wrote on the miniature model
+shipped then (``record`` on two synthetic domains, ``select --top-rate 0.1``, ``neurons find``
+and ``neurons edit``), and that model (``mini_llava_next``; the package now ships one retrained
+to read hints as well). Each file is loaded with today's readers and compared with the same
+command run again now on that model: the counts, the selection, the neurons and the edit are
+identical. The model's path is where the checkout lives, so identities are compared without
+it (and without the fingerprint, which hashes it).
 """
 
 from __future__ import annotations
@@ -18,10 +21,17 @@ from mmneuron_bench.formats.edit import WeightEdit
 from mmneuron_bench.formats.mask import NeuronMask
 from mmneuron_bench.formats.stats import ActivationStats
 from mmneuron_bench.selection.dape import dape_mask
-from mmneuron_bench.synthetic.mini_model import MINI_MODEL_DIR
 
 RELEASE = Path(__file__).parent / "data" / "release-0.1.0"
-MODEL = ["--pretrained", str(MINI_MODEL_DIR)]
+MODEL = ["--pretrained", str(RELEASE / "mini_llava_next")]
+
+
+def _model(identity: dict) -> dict:
+    """A file's model identity without what depends on the checkout's path: the path, and the
+    fingerprint (it hashes the config, whose ``_name_or_path`` is that path)."""
+    return {
+        key: value for key, value in identity.items() if key not in ("name_or_path", "fingerprint")
+    }
 
 
 def _cli(*args: str) -> None:
@@ -36,7 +46,11 @@ def test_stats_are_recounted_exactly_and_select_the_same_mask(tmp_path):
          "--domain", "documents=mmneuron_synth_documents_train", "--limit", "6",
          "--batch-size", "3", "--out", str(out))  # fmt: skip
     new = ActivationStats.load(out)
-    assert (new.domains, new.samples, new.model) == (old.domains, old.samples, old.model)
+    assert (new.domains, new.samples, _model(new.model)) == (
+        old.domains,
+        old.samples,
+        _model(old.model),
+    )
     for c in old.components:
         assert torch.equal(new.active[c], old.active[c]) and torch.equal(
             new.tokens[c], old.tokens[c]
@@ -44,7 +58,7 @@ def test_stats_are_recounted_exactly_and_select_the_same_mask(tmp_path):
         torch.testing.assert_close(new.sum[c], old.sum[c], rtol=1e-6, atol=1e-6)
     mask = NeuronMask.load(RELEASE / "legacy.mask.safetensors")
     again = dape_mask(old, top_rate=0.1, source=mask.source)
-    assert (again.params, again.model) == (mask.params, mask.model)
+    assert (again.params, _model(again.model)) == (mask.params, _model(mask.model))
     assert all(torch.equal(again.masks[key], mask.masks[key]) for key in mask.masks)
 
 
@@ -53,15 +67,35 @@ def test_neurons_and_edit_are_found_and_computed_again_exactly(tmp_path):
     _cli("neurons", "find", *MODEL, "--tasks", "mmneuron_synth_common_eval", "--limit", "12",
          "--top-k", "4", "--max-new-tokens", "3", "--out", str(neurons))  # fmt: skip
     old, new = (NeuronMask.load(p) for p in (RELEASE / "legacy-neurons.mask.safetensors", neurons))
-    assert (new.domains, new.params, new.model) == (old.domains, old.params, old.model)
+    assert (new.domains, new.params, _model(new.model)) == (
+        old.domains,
+        old.params,
+        _model(old.model),
+    )
     assert all(torch.equal(new.masks[key], old.masks[key]) for key in old.masks)
 
     edit = tmp_path / "now.edit.safetensors"
     _cli("neurons", "edit", *MODEL, "--neurons", str(RELEASE / "legacy-neurons.mask.safetensors"),
          "--source", "red", "--target", "blue", "--strength", "4", "--out", str(edit))  # fmt: skip
     old_edit, new_edit = WeightEdit.load(RELEASE / "legacy.edit.safetensors"), WeightEdit.load(edit)
-    assert (new_edit.model, new_edit.params) == (old_edit.model, old_edit.params)
+    assert (_model(new_edit.model), new_edit.params) == (_model(old_edit.model), old_edit.params)
     for a, b in zip(old_edit.edits, new_edit.edits, strict=True):
         assert a.module == b.module
         assert all(torch.equal(x, y) for x, y in ((a.columns, b.columns), (a.original, b.original),
                                                    (a.delta, b.delta)))  # fmt: skip
+
+
+def test_the_fingerprint_does_not_depend_on_where_the_model_lies(tmp_path):
+    import shutil
+
+    from mmneuron_bench.models.loading import fingerprint, load_model, same_model
+
+    shutil.copytree(RELEASE / "mini_llava_next", tmp_path / "elsewhere")
+    here, there = (
+        load_model(str(p)).model for p in (RELEASE / "mini_llava_next", tmp_path / "elsewhere")
+    )
+    assert fingerprint(here) == fingerprint(there)
+    # Files of 0.1.0 hashed the path they loaded the model from; they still match this model.
+    old = ActivationStats.load(RELEASE / "legacy.stats.safetensors").model
+    assert old["fingerprint"] != fingerprint(there) and same_model(there, old)
+    assert not same_model(there, {**old, "name_or_path": "/some/other/place"})

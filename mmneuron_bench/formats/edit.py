@@ -149,9 +149,9 @@ class WeightEdit:
         return out
 
     def _check_fingerprint(self, model: nn.Module) -> None:
-        from mmneuron_bench.models.loading import fingerprint
+        from mmneuron_bench.models.loading import same_model
 
-        if fingerprint(model) != self.model.get("fingerprint"):
+        if not same_model(model, self.model):
             raise MaskMismatchError(
                 f"the edit was made for another model ({self.model.get('name_or_path')!r}): "
                 "the fingerprints differ"

@@ -77,15 +77,32 @@ def model_identity(loaded: LoadedModel, pretrained: str) -> dict:
     }
 
 
-def fingerprint(model: nn.Module) -> str:
+def fingerprint(model: nn.Module, name_or_path: str | None = None) -> str:
     """sha256 of the config and of every parameter's name and shape: the same architecture
-    and size give the same fingerprint, whatever the dtype or device the model was loaded with.
+    and size give the same fingerprint, whatever the dtype or device the model was loaded with
+    and wherever it was loaded from (the config's ``_name_or_path`` is left out).
+
+    ``name_or_path``: the fingerprint files written before 0.2 hold, which hashed the config
+    with the path the model was loaded from as its ``_name_or_path``.
     """
     config = _without_dtype(model.config.to_dict())
+    config.pop("_name_or_path", None)
+    if name_or_path is not None:
+        config["_name_or_path"] = name_or_path
     digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
     for name, param in model.named_parameters():
         digest.update(f"{name}:{tuple(param.shape)};".encode())
     return digest.hexdigest()
+
+
+def same_model(model: nn.Module, identity: dict) -> bool:
+    """Whether a file's ``model`` identity names this model: its fingerprint, or the one a
+    file written before 0.2 holds (recomputed with the path that file records)."""
+    recorded = identity.get("fingerprint")
+    if recorded == fingerprint(model):
+        return True
+    path = identity.get("name_or_path")
+    return isinstance(path, str) and recorded == fingerprint(model, path)
 
 
 def _without_dtype(value: Any) -> Any:

@@ -49,11 +49,17 @@ def contribution_mask(
     return NeuronMask(domains, infos, model_meta, METHOD, {**params, "tokens": names}, None, masks)
 
 
-def check_contribution_mask(mask: NeuronMask, model_meta: dict, where: str) -> None:
-    """Refuse a mask that is not a contribution mask of this very model."""
+def check_contribution_mask(
+    mask: NeuronMask, model_meta: dict, where: str, model: Any = None
+) -> None:
+    """Refuse a mask that is not a contribution mask of this very model (``model``, when
+    given, also accepts a file written before 0.2, whose fingerprint hashed the load path)."""
+    from mmneuron_bench.models.loading import same_model
+
     if mask.method != METHOD or "tokens" not in mask.params:
         raise MMNeuronError(f"{where} is a {mask.method!r} mask, not a {METHOD!r} neurons file")
-    if mask.model.get("fingerprint") != model_meta["fingerprint"]:
+    same = mask.model.get("fingerprint") == model_meta["fingerprint"]
+    if not same and not (model is not None and same_model(model, mask.model)):
         raise MMNeuronError(
             f"{where} was found on another model ({mask.model.get('name_or_path')!r}, "
             "fingerprint differs)"

@@ -357,7 +357,7 @@ def ablate(
     check_output_files(out)
     mask = _load_neurons(neurons_path)
     loaded, components, model_meta = _load(model)
-    check_contribution_mask(mask, model_meta, str(neurons_path))
+    check_contribution_mask(mask, model_meta, str(neurons_path), loaded.model)
     tokenizer = loaded.processor.tokenizer
     domains = [resolve_token(mask, tokenizer, w) for w in words] if words else mask.domains
     data = data_options.over(mask.params)
@@ -460,7 +460,7 @@ def edit(
     check_output_files(out, report)
     mask = _load_neurons(neurons_path)
     loaded, components, model_meta = _load(model)
-    check_contribution_mask(mask, model_meta, str(neurons_path))
+    check_contribution_mask(mask, model_meta, str(neurons_path), loaded.model)
     tokenizer = loaded.processor.tokenizer
     domain = resolve_token(mask, tokenizer, source)
     target_id = single_token(tokenizer, target)
