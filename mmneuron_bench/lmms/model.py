@@ -9,7 +9,9 @@
 Model args: ``base`` (default: the adapter's lmms-eval model), ``adapter`` (default: chosen
 from the config), the arguments of every installed intervention kind (built in: ``mask``,
 ``modules`` (``all``, ``none`` or roles joined by ``+``), ``domain`` (``auto``, ``all`` or mask
-domains joined by ``+``), ``mode`` (``zero``/``mean``), ``stats`` (for ``mean``), ``edit``);
+domains joined by ``+``), ``mode`` (``zero``/``mean``), ``stats`` (for ``mean``), ``edit``,
+``fastmem`` with ``fastmem_lr``, ``fastmem_steps``, ``fastmem_kl``, ``fastmem_target``,
+``fastmem_cd``);
 every other argument (``pretrained``, ``dtype``, ``device``, ``device_map``, ...) goes to the
 base. Requests are grouped by task and each task runs inside every intervention's context
 (with a mask: its own domains' neurons off), generation and loglikelihood alike; an
