@@ -9,7 +9,9 @@
 Model args: ``base`` (default: the adapter's lmms-eval model), ``adapter`` (default: chosen
 from the config), the arguments of every installed intervention kind (built in: ``mask``,
 ``modules`` (``all``, ``none`` or roles joined by ``+``), ``domain`` (``auto``, ``all`` or mask
-domains joined by ``+``), ``mode`` (``zero``/``mean``), ``stats`` (for ``mean``), ``edit``);
+domains joined by ``+``), ``mode`` (``zero``/``mean``), ``stats`` (for ``mean``), ``edit``,
+``fastmem`` with ``fastmem_lr``, ``fastmem_steps``, ``fastmem_kl``, ``fastmem_target``,
+``fastmem_cd``);
 every other argument (``pretrained``, ``dtype``, ``device``, ``device_map``, ...) goes to the
 base. Requests are grouped by task and each task runs inside every intervention's context
 (with a mask: its own domains' neurons off), generation and loglikelihood alike; an
@@ -110,18 +112,40 @@ class MMNeuronLMM(lmms):
         self.task_dict = self.base.task_dict
         self.components = self.adapter.resolve(self.model)
         self.interventions = Interventions()
+        self._processor = None
         loaded = LoadedModel(self.adapter, self.model, None)
-        self.interventions.attach_all(Target(loaded, self.components, self.identity()))
+        self.interventions.attach_all(
+            Target(
+                loaded,
+                self.components,
+                self.identity(),
+                document=self.document,
+                load_processor=lambda: self.processor,
+            )
+        )
         for intervention in built:
             self.interventions.add(intervention)
         # Called with (requests answered, requests in the call) as generation goes on.
         self.on_progress: Callable[[int, int], None] | None = None
-        self._processor = None
 
     @property
     def model(self) -> torch.nn.Module:
         """The transformers model the base runs (unwrapped from accelerate)."""
         return self.base.model
+
+    @property
+    def processor(self) -> Any:
+        """The model's processor (the adapter's :meth:`load_processor`), loaded on first use."""
+        if self._processor is None:
+            self._processor = self.adapter.load_processor(self.pretrained)
+        return self._processor
+
+    def document(self, request: Any) -> Any:
+        """The lmms-eval document a request was built from (``task_dict[task][split][id]``)."""
+        split = request.metadata.get("split") if isinstance(request.metadata, dict) else None
+        if split is None:  # the split is also the last argument of every request type
+            split = request.args[-1]
+        return self.task_dict[request.task_name][split][request.doc_id]
 
     def set_mask(
         self,
@@ -258,8 +282,6 @@ class MMNeuronLMM(lmms):
         return results
 
     def _loglikelihood(self, requests: list, advance: Callable[[int], None]) -> list:
-        if self._processor is None:
-            self._processor = self.adapter.load_processor(self.pretrained)
         out = []
         for request in requests:
             if len(request.args) != 6:
@@ -279,7 +301,7 @@ class MMNeuronLMM(lmms):
                 )
             nll, greedy = continuation_nll(
                 self.adapter,
-                self._processor,
+                self.processor,
                 self.model,
                 visuals[0].convert("RGB"),
                 context,

@@ -326,13 +326,32 @@ def _run_grid(manager, names, model_args, built, grid_args, settings, output: Pa
         raise MMNeuronError(f"cannot load tasks {', '.join(names)}: {first}") from None
     tasks = grid_tasks({n: task_objects[n] for n in names}, neuron_mask, domain)
     _check_grid_settings(output, settings, stats)
-    lm = MMNeuronLMM(**model_args, interventions=built)
-    header = grid_header(lm.identity(), file_reference(mask), baseline, tasks, module_sets, seeds)
+    # Per-document interventions (FastMem) are rows of their own, not on in every cell.
+    extras = [i for i in built if i.per_document]
+    lm = MMNeuronLMM(**model_args, interventions=[i for i in built if not i.per_document])
+    for extra in extras:
+        lm.interventions.add(extra)  # checked against the model before any cell runs
+        lm.interventions.remove(extra.kind)
+    header = grid_header(
+        lm.identity(),
+        file_reference(mask),
+        baseline,
+        tasks,
+        module_sets,
+        seeds,
+        [e.kind for e in extras],
+    )
     done = len(load_cells(output, header))
     output.mkdir(parents=True, exist_ok=True)
     configs = {name: task_objects[name].dump_config() for name in names}
     write_json(output / "provenance.json", provenance(lm, settings, mask, stats, configs))
-    plan = plan_cells(module_sets, names, baseline, random_seeds(header, settings["seed"]))
+    plan = plan_cells(
+        module_sets,
+        names,
+        baseline,
+        random_seeds(header, settings["seed"]),
+        header.get("extra_rows", []),
+    )
     total = len(plan)
     if done:
         click.echo(f"resuming: {done} of {total} cells already in {output / 'grid.json'}", err=True)
@@ -354,6 +373,7 @@ def _run_grid(manager, names, model_args, built, grid_args, settings, output: Pa
             mode=settings["mode"],
             stats=activation_stats,
             on_cell=advance,
+            extras=extras,
         )
     for table in grid_tables(header, cells, settings["seed"]):
         print_table(table)
