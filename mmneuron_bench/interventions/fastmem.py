@@ -226,8 +226,11 @@ def memorisation_inputs(
             "fastmem: the tokenizer splits the prompt differently once the text follows it; "
             "cannot tell which tokens are the memorised text"
         )
-    kwargs = {"images": list(images)} if images else {}
-    inputs = dict(processor(text=[whole], return_tensors="pt", **kwargs))
+    if len(images) == 1:  # as the adapter encodes a prompt (Gemma 3: one <bos>, nested images)
+        inputs = dict(adapter.encode(processor, list(images), [whole]))
+    else:
+        kwargs = {"images": list(images)} if images else {}
+        inputs = dict(processor(text=[whole], return_tensors="pt", **kwargs))
     if inputs["input_ids"][0, -n:].tolist() != whole_ids[-n:]:
         raise MMNeuronError("fastmem: the processor's tokens end otherwise than the tokenizer's")
     return Memorisation(inputs, n, text, source)
