@@ -69,7 +69,7 @@ class Blip2Adapter(ModelAdapter):
             )
         return self.components[2], self.decoder_layers, self.final_norm
 
-    def load(self, pretrained: str, dtype: Any = "auto", device: str = "cpu") -> LoadedModel:
+    def load(self, pretrained: str, dtype: Any = "auto", device: Any = "cpu") -> LoadedModel:
         """Refuses an unsupported language model from the config, before loading weights."""
         from transformers import AutoConfig
 

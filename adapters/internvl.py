@@ -47,7 +47,7 @@ class InternVLAdapter(ModelAdapter):
     # Each refuses a mixture-of-experts LLM in one line before doing what the base class does
     # (``load`` before any weight is read).
 
-    def load(self, pretrained: str, dtype: Any = "auto", device: str = "cpu") -> LoadedModel:
+    def load(self, pretrained: str, dtype: Any = "auto", device: Any = "cpu") -> LoadedModel:
         from transformers import AutoConfig
 
         _refuse_moe(self.name, AutoConfig.from_pretrained(pretrained))
