@@ -69,7 +69,9 @@ def main() -> None:
         )  # fmt: skip
         processor = LlavaNextProcessor(
             image_processor=image_processor, patch_size=patch,
-            tokenizer=llm_tokenizer(model_max_length=config.text_config.max_position_embeddings),
+            tokenizer=llm_tokenizer(
+                WORDS, model_max_length=config.text_config.max_position_embeddings
+            ),
             vision_feature_select_strategy="default", num_additional_image_tokens=1,
             chat_template=CHAT_TEMPLATE,
         )  # fmt: skip

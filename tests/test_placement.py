@@ -102,6 +102,16 @@ def test_neurons_are_scored_from_offloaded_weights(tiny_llava_next, task_dir, tm
     assert "is offloaded (--device auto): a weight edit needs its weights" in result.output
 
 
+def test_a_base_that_cannot_run_a_dispatched_model_is_refused(tiny_instructblip, tmp_path):
+    result = CliRunner().invoke(build_cli(), [
+        "run", "--pretrained", str(tiny_instructblip), "--tasks", "mmneuron_common_vqav2",
+        "--output", str(tmp_path / "out"), *OFFLOAD,
+    ])  # fmt: skip
+    assert result.exit_code == 1, result.output
+    assert "lmms-eval model 'instructblip' takes no device_map" in result.output
+    assert not (tmp_path / "out").exists()
+
+
 def test_max_memory_is_parsed_or_refused_in_one_line(tiny_llava_next):
     assert parse_max_memory("0=2GiB, cpu=1000") == {0: 2 * 2**30, "cpu": 1000}
     assert parse_max_memory("0:1MiB;disk:5GB") == {0: 2**20, "disk": 5 * 10**9}

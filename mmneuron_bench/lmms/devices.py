@@ -7,6 +7,11 @@ lmms-eval's models pass ``device_map`` on to ``from_pretrained`` but take no ``m
 arguments here and given to ``from_pretrained`` while the base loads
 (:func:`~mmneuron_bench.models.placement.dispatch_defaults`). Under ``accelerate launch`` each
 process dispatches over its own share of the GPUs (:meth:`Placement.for_process`).
+
+Of lmms-eval 0.7.3's models, ``llava_hf`` and ``llama_vision`` run a dispatched model as it is;
+the Qwen models and ``gemma3`` send their inputs to ``"cuda"`` (a GPU is needed); ``gemma3``
+also moves the loaded model to one device, and ``instructblip`` takes no ``device_map``:
+both are refused.
 """
 
 from __future__ import annotations
@@ -18,9 +23,12 @@ from mmneuron_bench.distributed import Processes
 from mmneuron_bench.errors import MMNeuronError
 from mmneuron_bench.models.placement import AUTO, Placement, parse_max_memory
 
+# Bases that move the loaded model to one device, which undoes a dispatch (or fails on it).
+MOVING_BASES = ("gemma3",)
+
 
 def base_placement(
-    cls: type, args: dict[str, Any], processes: Processes
+    name: str, cls: type, args: dict[str, Any], processes: Processes
 ) -> tuple[dict[str, Any], Placement | None]:
     """The base's arguments for its placement, and the placement when it is dispatched
     (None: one device, which the base chooses from ``device``/``device_map`` as usual)."""
@@ -32,10 +40,11 @@ def base_placement(
             raise MMNeuronError("max_memory= and offload_folder= need device_map=auto")
         return out, None
     params = inspect.signature(cls.__init__).parameters
-    if "device_map" not in params:
+    if "device_map" not in params or name in MOVING_BASES:
+        why = "moves the model to one device" if "device_map" in params else "takes no device_map"
         raise MMNeuronError(
-            f"lmms-eval model {cls.__name__!r} takes no device_map, so it cannot dispatch the "
-            "model over devices"
+            f"lmms-eval model {name!r} {why}, so it cannot run a model dispatched over devices "
+            "(device_map=auto)"
         )
     if isinstance(max_memory, str):
         max_memory = parse_max_memory(max_memory)

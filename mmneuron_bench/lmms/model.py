@@ -10,10 +10,12 @@ Model args: ``base`` (default: the adapter's lmms-eval model), ``adapter`` (defa
 from the config), the arguments of every installed intervention kind (built in: ``mask``,
 ``modules`` (``all``, ``none`` or roles joined by ``+``), ``domain`` (``auto``, ``all`` or mask
 domains joined by ``+``), ``mode`` (``zero``/``mean``), ``stats`` (for ``mean``), ``edit``);
-every other argument (``pretrained``, ``dtype``, ``device``, ``device_map``, ...) goes to the
-base. Requests are grouped by task and each task runs inside every intervention's context
-(with a mask: its own domains' neurons off), generation and loglikelihood alike; an
-intervention that keeps state per document gets each document's requests on their own.
+with ``device_map=auto``, ``max_memory`` and ``offload_folder`` (:mod:`.devices`); every other
+argument (``pretrained``, ``dtype``, ``device``, ``device_map``, ...) goes to the base. Under
+``accelerate launch`` the base runs on the process's own device. Requests are grouped by task
+and each task runs inside every intervention's context (with a mask: its own domains' neurons
+off), generation and loglikelihood alike; an intervention that keeps state per document gets
+each document's requests on their own.
 """
 
 from __future__ import annotations
@@ -111,7 +113,7 @@ class MMNeuronLMM(lmms):
         base_cls = workarounds.import_base(self.base_name)
         group = processes()
         self._split = group if split_requests else SINGLE
-        args, placement = base_placement(base_cls, args, group)
+        args, placement = base_placement(self.base_name, base_cls, args, group)
         with one_process_view() if self.splits_requests else nullcontext():
             kwargs = workarounds.base_kwargs(base_cls, args)
             with (
