@@ -147,6 +147,9 @@ def test_each_process_dispatches_over_its_own_gpus(monkeypatch):
     assert mine.max_memory == {"cpu": 99, 2: 10, 3: 10}
     assert mine.offload_folder == str(Path("off") / "rank5")
     assert mine.main_device() == "cuda:2"
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda gpu: (100 + gpu, 200))
+    free = Placement("auto").for_process(Processes(rank=3, world=4, local_rank=3, local_world=4))
+    assert [k for k in free.max_memory] == [6, 7, "cpu"] and free.max_memory[7] == 107
     assert Placement("cuda").for_process(Processes(1, 2, 1, 2)).device == "cuda:1"
     with pytest.raises(MMNeuronError, match="each process needs at least one"):
         given.for_process(Processes(0, 16, 0, 16))

@@ -84,13 +84,11 @@ class Placement:
                 "GPUs; each process needs at least one"
             )
         share = range(processes.local_rank * per, (processes.local_rank + 1) * per)
-        if self.max_memory is None:
-            from accelerate.utils import get_max_memory
+        if self.max_memory is None:  # what is free (asking only this process's GPUs)
+            import psutil
 
-            free = get_max_memory()
-            memory = {gpu: free[gpu] for gpu in share if gpu in free}
-            if "cpu" in free:
-                memory["cpu"] = free["cpu"] // processes.local_world
+            memory = {gpu: torch.cuda.mem_get_info(gpu)[0] for gpu in share}
+            memory["cpu"] = psutil.virtual_memory().available // processes.local_world
         else:
             memory = {k: v for k, v in self.max_memory.items() if not isinstance(k, int)}
             memory.update({k: v for k, v in self.max_memory.items() if k in share})
@@ -155,11 +153,6 @@ def dispatch_defaults(placement: Placement | None) -> Iterator[None]:
         yield
     finally:
         PreTrainedModel.from_pretrained = original
-
-
-def dispatched(model: nn.Module) -> bool:
-    """Whether accelerate dispatched ``model`` over devices (``device_map``)."""
-    return bool(getattr(model, "hf_device_map", None))
 
 
 def input_device(model: nn.Module) -> torch.device:
