@@ -12,6 +12,7 @@ import torch
 from mmneuron_bench.interventions.mask import Deactivation
 from mmneuron_bench.models.adapter import LoadedModel
 from mmneuron_bench.models.hookcheck import example_inputs
+from mmneuron_bench.models.placement import input_device
 from mmneuron_bench.recording.recorder import ActivationRecorder
 from mmneuron_bench.selection.random import random_mask
 
@@ -47,7 +48,7 @@ def run_bench(
     components = adapter.resolve(model)
     inputs = example_inputs(loaded, batch_size).to(model.dtype)
     forward = adapter.forward_kwargs(inputs)
-    device = next(model.parameters()).device
+    device = input_device(model)
     recorder = ActivationRecorder(components, 1, device)
     recorder.set_batch(0, adapter.positions(model, inputs))
     mask = random_mask({c.name: c.info for c in components}, rate, seed=0)
@@ -80,11 +81,10 @@ def run_bench(
             times[phase].append(prefill(phase))
             if device.type == "cuda":
                 peaks[phase] = max(peaks[phase] or 0, torch.cuda.max_memory_allocated(device))
-    counters = [*recorder.active.values(), *recorder.tokens.values(), *recorder.sum.values()]
     return BenchResult(
         times=times,
         peak_bytes=peaks,
-        recorder_bytes=sum(t.numel() * t.element_size() for t in counters),
+        recorder_bytes=recorder.counter_bytes(),
         max_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         masked_neurons=sum(deactivation.counts.values()),
         tokens=int(inputs["attention_mask"].sum()),

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from mmneuron_bench.analysis.uncertainty import Change, change
+from mmneuron_bench.distributed import SINGLE, Processes
 from mmneuron_bench.errors import MMNeuronError
 from mmneuron_bench.formats.mask import NeuronMask
 from mmneuron_bench.formats.outputs import write_csv
@@ -189,16 +190,20 @@ def run_grid(
     stats: ActivationStats | None = None,
     on_cell: Callable[[Cell, float], None] | None = None,
     extras: Sequence[Any] = (),
+    processes: Processes = SINGLE,
 ) -> list[dict]:
     """Evaluate every cell not yet in ``out_dir/grid.json``, saving the grid after each.
 
     ``lm`` is an :class:`~mmneuron_bench.lmms.model.MMNeuronLMM`; ``evaluate(task)`` runs
     lmms-eval on one task and returns its results. ``extras`` are the interventions of the
     header's ``extra_rows`` (by their ``kind``), held by ``lm`` only for their own cells.
-    Returns all cells, in plan order.
+    Returns all cells, in plan order. Under ``accelerate launch`` every process evaluates
+    every cell (each answering its share of the documents) and only the main one of
+    ``processes`` writes.
     """
     extra = {intervention.kind: intervention for intervention in extras}
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if processes.main:
+        out_dir.mkdir(parents=True, exist_ok=True)
     cells = load_cells(out_dir, header)
     done = {Cell.of(c) for c in cells}
     seeds = random_seeds(header, seed)
@@ -242,7 +247,8 @@ def run_grid(
             "scores": document_scores(results, cell.task, task["metric"]),
         }
         cells.append(entry if cell.seed is None else {**entry, "seed": cell.seed})
-        save_grid(out_dir, header, cells)
+        if processes.main:
+            save_grid(out_dir, header, cells)
         if on_cell is not None:
             on_cell(cell, value)
     order = {cell: i for i, cell in enumerate(plan)}

@@ -18,6 +18,7 @@ from torch import nn
 
 from mmneuron_bench.errors import AdapterError
 from mmneuron_bench.models.components import ROLES, ComponentInfo, ComponentSpec
+from mmneuron_bench.models.placement import Placement, placement_of
 
 # Token roles of one position of the language model's input.
 PAD, TEXT, IMAGE = 0, 1, 2
@@ -181,10 +182,11 @@ class ModelAdapter:
         return getattr(transformers, self.model_class)
 
     def load(
-        self, pretrained: str, dtype: str | torch.dtype = "auto", device: str = "cpu"
+        self, pretrained: str, dtype: str | torch.dtype = "auto", device: str | Placement = "cpu"
     ) -> LoadedModel:
-        """Load model and processor through ``from_pretrained`` (local path or hub id)."""
-        model = self.model_cls().from_pretrained(pretrained, dtype=dtype).to(device).eval()
+        """Load model and processor through ``from_pretrained`` (local path or hub id), on a
+        device, or dispatched over devices (``"auto"`` or a :class:`Placement`)."""
+        model = placement_of(device).load(self.model_cls(), pretrained, dtype)
         return LoadedModel(self, model, self.load_processor(pretrained))
 
     def load_processor(self, pretrained: str) -> Any:

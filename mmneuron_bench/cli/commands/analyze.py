@@ -22,6 +22,7 @@ from mmneuron_bench.cli.options import (
     task_options,
 )
 from mmneuron_bench.console import progress
+from mmneuron_bench.distributed import processes
 from mmneuron_bench.interventions.targets import MODULE_SETS, choose_module_sets
 
 DEFAULT_OUTPUT = Path("mmneuron-results") / "analysis"
@@ -98,13 +99,16 @@ def deviation(
     modules, left_out = choose_module_sets(
         modules, "modules" in given_options(ctx, ("modules",)), preset, model.adapter()
     )
+    group = processes()
     loaded, mask, tasks, domains = _prepare(
-        model, task_specs, include_paths, domain, mask_path, output
+        model, task_specs, include_paths, domain, mask_path, output, group
     )
-    with _progress(tasks, domains, limit) as advance:
+    with _progress(tasks, domains, limit, group) as advance:
         rows = measure_deviation(
-            loaded, tasks, domains, mask, modules, seeds, limit, on_sample=advance
+            loaded, tasks, domains, mask, modules, seeds, limit, advance, group
         )
+    if not group.main:
+        return
     header = {
         "model": model_identity(loaded, model.pretrained),
         "mask": file_reference(mask_path),
@@ -167,13 +171,16 @@ def logit_lens(
             raise click.UsageError(f"--{option} needs --mask")
     else:
         modules, _ = choose_module_sets(modules, True, preset, model.adapter())
+    group = processes()
     loaded, mask, tasks, domains = _prepare(
-        model, task_specs, include_paths, domain, mask_path, output
+        model, task_specs, include_paths, domain, mask_path, output, group
     )
-    with _progress(tasks, domains, limit) as advance:
+    with _progress(tasks, domains, limit, group) as advance:
         results = measure_logit_lens(
-            loaded, tasks, domains, mask, modules[0], limit, chunk_size, on_sample=advance
+            loaded, tasks, domains, mask, modules[0], limit, chunk_size, advance, group
         )
+    if not group.main:
+        return
     header = {
         "model": model_identity(loaded, model.pretrained),
         "mask": None if mask_path is None else file_reference(mask_path),
@@ -192,8 +199,9 @@ def _left_out_notes(left_out: dict[str, str]) -> None:
         click.echo(f"module set {module_set!r} left out: {reason}", err=True)
 
 
-def _prepare(model: ModelChoice, task_specs, include_paths, domain, mask_path, output):
-    """Check the mask, the tasks' domains and the output folder (cheap), then load the model."""
+def _prepare(model: ModelChoice, task_specs, include_paths, domain, mask_path, output, group):
+    """Check the mask, the tasks' domains and the output folder (cheap), then load the model
+    (on this process's device among ``group``)."""
     from mmneuron_bench.domains.tasks import load_tasks
     from mmneuron_bench.formats.mask import NeuronMask
 
@@ -204,16 +212,18 @@ def _prepare(model: ModelChoice, task_specs, include_paths, domain, mask_path, o
     tasks = load_tasks(names, list(include_paths))
     domains = dict.fromkeys(names) if mask is None else domain.resolve(tasks, mask.domains)
     check_output_folder(output)
-    return model.load(), mask, tasks, domains
+    return model.load(group), mask, tasks, domains
 
 
 @contextmanager
-def _progress(tasks, domains: dict, limit: int | None):
-    """A progress bar over every sample of every task, on stderr; yields its advance()."""
+def _progress(tasks, domains: dict, limit: int | None, group):
+    """A progress bar over the samples of every task this process measures, on stderr;
+    yields its advance()."""
     from mmneuron_bench.analysis.inputs import count_samples
 
     with progress() as bars:
-        bar = bars.add_task("analysing", total=count_samples(tasks, list(domains), limit))
+        total = sum(len(group.take(range(count_samples(tasks, [name], limit)))) for name in domains)
+        bar = bars.add_task("analysing", total=total)
 
         def advance(task: str) -> None:
             bars.update(bar, advance=1, description=task)

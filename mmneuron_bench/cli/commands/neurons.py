@@ -19,6 +19,7 @@ from mmneuron_bench.cli.options import (
     task_names,
 )
 from mmneuron_bench.console import print_table, progress
+from mmneuron_bench.distributed import SINGLE, launched_processes, processes
 from mmneuron_bench.errors import MMNeuronError
 from mmneuron_bench.formats.outputs import write_json
 from mmneuron_bench.tables import Table
@@ -131,15 +132,16 @@ class DataOptions:
         )
 
 
-def _load(model: ModelChoice):
+def _load(model: ModelChoice, group=None):
     from mmneuron_bench.models.loading import model_identity
 
-    loaded = model.load()
+    loaded = model.load(group)
     return loaded, loaded.adapter.resolve(loaded.model), model_identity(loaded, model.pretrained)
 
 
-def _generate(loaded, components, data: Data, batch_size: int, activations=None):
-    """Tasks loaded, and the greedy generation of each of their samples."""
+def _generate(loaded, components, data: Data, batch_size: int, activations=None, group=SINGLE):
+    """Tasks loaded, and the greedy generation of each of their samples (each process of
+    ``group`` generating its share of the batches; all get every generation, in order)."""
     from mmneuron_bench.domains.tasks import domain_samples, load_tasks
     from mmneuron_bench.neurons.generation import generate
 
@@ -147,9 +149,11 @@ def _generate(loaded, components, data: Data, batch_size: int, activations=None)
     samples = domain_samples(tasks, data.tasks, data.limit)
     if not samples:
         raise MMNeuronError(f"the tasks {', '.join(data.tasks)} have no documents")
-    generations = []
+    mine = []
     with progress() as bars:
-        bar = bars.add_task("generating", total=len(samples))
+        starts = group.take(range(0, len(samples), batch_size))
+        total = sum(len(samples[s : s + batch_size]) for s in starts)
+        bar = bars.add_task("generating", total=total)
         for batch in generate(
             loaded,
             tasks,
@@ -159,10 +163,11 @@ def _generate(loaded, components, data: Data, batch_size: int, activations=None)
             batch_size,
             activations,
             components,
+            group,
         ):
-            generations += batch
+            mine.append(batch)
             bars.advance(bar, len(batch))
-    return tasks, generations
+    return tasks, [g for batch in group.in_order(mine) for g in batch]
 
 
 def _load_neurons(path: Path):
@@ -232,7 +237,8 @@ def find(
     scores = scores or _default_scores(out)
     check_output_files(out, scores)
     data = data_options.over({})
-    loaded, components, model_meta = _load(model)
+    group = processes()
+    loaded, components, model_meta = _load(model, group)
     tokenizer = loaded.processor.tokenizer
     llm = llm_component(components)
     if top_k > llm.info.layers * llm.info.width:
@@ -254,7 +260,12 @@ def find(
         activations = FirstOccurrenceRanking(llm.info, down, unembed, top_k, starts, keep)
     else:
         activations = TokenActivations(llm.info, keep)
-    _, generations = _generate(loaded, components, data, batch_size, activations)
+    _, generations = _generate(loaded, components, data, batch_size, activations, group)
+    parts = group.gather(activations.totals())
+    if parts is None:  # another process than the main one: the main one writes
+        return
+    for part in parts[1:]:
+        activations.add_totals(part)
     found = (
         activations.top(top_k) if aggregate == "paper" else activations.top(top_k, down, unembed)
     )
@@ -405,16 +416,19 @@ def ablate(
 
     check_output_files(out)
     mask = _load_neurons(neurons_path)
-    loaded, components, model_meta = _load(model)
+    group = processes()
+    loaded, components, model_meta = _load(model, group)
     check_contribution_mask(mask, loaded.model, str(neurons_path))
     tokenizer = loaded.processor.tokenizer
     domains = [resolve_token(mask, tokenizer, w) for w in words] if words else mask.domains
     data = data_options.over(mask.params)
-    tasks, generations = _generate(loaded, components, data, batch_size)
+    tasks, generations = _generate(loaded, components, data, batch_size, group=group)
     results = run_ablation(
         loaded, components, tasks, generations, mask, list(dict.fromkeys(domains)), draws, seed,
-        batch_size, method, sigma or 0.0, model_meta,
+        batch_size, method, sigma or 0.0, model_meta, group,
     )  # fmt: skip
+    if not group.main:
+        return
     missing = sorted(set(domains) - {r.domain for r in results})
     print_table(_ablation_table(mask, results, draws, seed, method, sigma))
     if missing:
@@ -511,6 +525,8 @@ def edit(
     from mmneuron_bench.neurons.tokens import resolve_token, single_token
 
     check_output_files(out, report)
+    if launched_processes() > 1:
+        raise MMNeuronError("neurons edit runs in one process: start it without accelerate launch")
     mask = _load_neurons(neurons_path)
     loaded, components, model_meta = _load(model)
     check_contribution_mask(mask, loaded.model, str(neurons_path))

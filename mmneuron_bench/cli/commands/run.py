@@ -25,6 +25,7 @@ from mmneuron_bench.cli.options import (
     task_options,
 )
 from mmneuron_bench.console import print_table, progress
+from mmneuron_bench.distributed import processes
 from mmneuron_bench.errors import MMNeuronError
 from mmneuron_bench.formats.outputs import file_reference
 from mmneuron_bench.interventions.targets import MODULE_SETS, choose_module_sets
@@ -223,14 +224,20 @@ def run(
     }
     if preset != "default":
         settings["preset"] = preset
+    group = processes()
+    settings.update(_launch_settings(model, group))
     model_args = {
         "base": base_name,
         "adapter": model.adapter_name,
         "pretrained": model.pretrained,
-        "device": model.device,
+        "device": group.device(model.device),
         "dtype": model.dtype,
         "batch_size": batch_size,
     }
+    if model.max_memory is not None:
+        model_args["max_memory"] = model.max_memory
+    if model.offload_folder is not None:
+        model_args["offload_folder"] = model.offload_folder
     given = dict(plugin_args)
     if edit is not None:
         given["edit"] = os.fspath(edit)
@@ -248,27 +255,43 @@ def run(
         if random_seeds > 1:
             settings["random_seeds"] = random_seeds
         grid_args = (mask, stats, domain, baseline, rows, random_seeds)
-        _run_grid(manager, names, model_args, built, grid_args, settings, output)
+        _run_grid(manager, names, model_args, built, grid_args, settings, output, group)
         return
     modules, _ = choose_module_sets(modules, mask is not None, preset, adapter)
     settings["modules"] = modules[0]
     if mask is not None:
         given.update(mask=mask, modules=modules[0], domain=domain, mode=mode, stats=stats)
     built = interventions_from_args(given)
-    _run_once(manager, names, model_args, built, (mask, stats), settings, output)
+    _run_once(manager, names, model_args, built, (mask, stats), settings, output, group)
 
 
-def _run_once(manager, names, model_args, built, files, settings, output: Path) -> None:
+def _launch_settings(model: ModelChoice, group) -> dict:
+    """The settings that say how the run was launched, where they differ from one process on
+    one device: the number of processes, and ``--device auto``'s memory and offload folder.
+    They change nothing in the results (a grid resumes whatever they are)."""
+    settings: dict = {}
+    if group.world > 1:
+        settings["processes"] = group.world
+    if model.max_memory is not None:
+        settings["max_memory"] = {str(k): v for k, v in model.max_memory.items()}
+    if model.offload_folder is not None:
+        settings["offload_folder"] = model.offload_folder
+    return settings
+
+
+def _run_once(manager, names, model_args, built, files, settings, output: Path, group) -> None:
     from mmneuron_bench.lmms.evaluate import evaluate, provenance, write_run
     from mmneuron_bench.lmms.model import MMNeuronLMM
 
-    lm = MMNeuronLMM(**model_args, interventions=built)
+    lm = MMNeuronLMM(**model_args, interventions=built, split_requests=True)
     with progress("requests") as bars:
         bar = bars.add_task("evaluating", total=None)
         lm.on_progress = lambda done, total: bars.update(bar, completed=done, total=total)
         results = evaluate(
             lm, names, manager, settings["limit"], settings["seed"], settings["batch_size"]
         )
+    if not group.main:  # every process has the results; the main one writes them
+        return
     mask_path, stats_path = files
     record = provenance(lm, settings, mask_path, stats_path, results["configs"])
     written = write_run(output, results, record)
@@ -292,7 +315,8 @@ def _check_grid_settings(output: Path, settings: dict, stats: Path | None) -> No
     except (OSError, ValueError, AttributeError, TypeError) as exc:
         raise MMNeuronError(f"{path}: not a readable provenance file ({exc})") from None
     now = {**settings, "stats": None if stats is None else file_reference(stats)}
-    for key in sorted((set(before) | set(now)) - {"device", "batch_size"}):
+    launch = {"device", "batch_size", "processes", "max_memory", "offload_folder"}
+    for key in sorted((set(before) | set(now)) - launch):
         if before.get(key) != now.get(key):
             raise MMNeuronError(
                 f"{output} holds a grid run with other settings ({key}: {before.get(key)!r}, "
@@ -300,7 +324,7 @@ def _check_grid_settings(output: Path, settings: dict, stats: Path | None) -> No
             )
 
 
-def _run_grid(manager, names, model_args, built, grid_args, settings, output: Path) -> None:
+def _run_grid(manager, names, model_args, built, grid_args, settings, output: Path, group) -> None:
     from mmneuron_bench.formats.mask import NeuronMask
     from mmneuron_bench.formats.outputs import write_json
     from mmneuron_bench.formats.stats import ActivationStats
@@ -328,7 +352,11 @@ def _run_grid(manager, names, model_args, built, grid_args, settings, output: Pa
     _check_grid_settings(output, settings, stats)
     # Per-document interventions (FastMem) are rows of their own, not on in every cell.
     extras = [i for i in built if i.per_document]
-    lm = MMNeuronLMM(**model_args, interventions=[i for i in built if not i.per_document])
+    lm = MMNeuronLMM(
+        **model_args,
+        interventions=[i for i in built if not i.per_document],
+        split_requests=True,
+    )
     for extra in extras:
         lm.interventions.add(extra)  # checked against the model before any cell runs
         lm.interventions.remove(extra.kind)
@@ -342,9 +370,11 @@ def _run_grid(manager, names, model_args, built, grid_args, settings, output: Pa
         [e.kind for e in extras],
     )
     done = len(load_cells(output, header))
-    output.mkdir(parents=True, exist_ok=True)
-    configs = {name: task_objects[name].dump_config() for name in names}
-    write_json(output / "provenance.json", provenance(lm, settings, mask, stats, configs))
+    group.wait()  # every process has read the folder before the main one writes to it
+    if group.main:
+        output.mkdir(parents=True, exist_ok=True)
+        configs = {name: task_objects[name].dump_config() for name in names}
+        write_json(output / "provenance.json", provenance(lm, settings, mask, stats, configs))
     plan = plan_cells(
         module_sets,
         names,
@@ -374,7 +404,10 @@ def _run_grid(manager, names, model_args, built, grid_args, settings, output: Pa
             stats=activation_stats,
             on_cell=advance,
             extras=extras,
+            processes=group,
         )
+    if not group.main:
+        return
     for table in grid_tables(header, cells, settings["seed"]):
         print_table(table)
     for module_set, reason in settings.get("module_sets_left_out", {}).items():
