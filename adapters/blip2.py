@@ -27,7 +27,6 @@ from mmneuron_bench.errors import AdapterError
 from mmneuron_bench.models.adapter import (
     Component,
     LanguageModelParts,
-    LoadedModel,
     get_module,
 )
 
@@ -51,30 +50,34 @@ class Blip2Adapter(ModelAdapter):
     final_norm = f"{_OPT}.final_layer_norm"
     lm_head = "language_model.lm_head"
 
-    def _llm_parts(self, config: Any) -> tuple[ComponentSpec, str, str]:
-        """The ``llm`` component, decoder layers and final norm of the config's language model."""
+    def refusal(self, config: Any) -> str | None:
+        """A Flan-T5 language model, or an OPT without a final norm before the LM head."""
+        if not self.handles(config):
+            return super().refusal(config)
         if not getattr(config, "use_decoder_only_language_model", True):
-            raise AdapterError(
-                "adapter 'blip2': BLIP-2 with an encoder-decoder language model (Flan-T5) is "
-                "not supported, only decoder-only ones (OPT, Llama-style)"
+            return (
+                "BLIP-2 with an encoder-decoder language model (Flan-T5) is not supported, "
+                "only decoder-only ones (OPT, Llama-style)"
             )
         text = config.text_config
-        if text.model_type != "opt":
+        if text.model_type == "opt" and (
+            not text.do_layer_norm_before or text.word_embed_proj_dim != text.hidden_size
+        ):
+            return (
+                "an OPT without a final layer norm or with a projection before the LM head "
+                "(OPT-350m style) is not supported"
+            )
+        return super().refusal(config)
+
+    def _llm_parts(self, config: Any) -> tuple[ComponentSpec, str, str]:
+        """The ``llm`` component, decoder layers and final norm of the config's language model."""
+        reason = self.refusal(config)
+        if reason:
+            raise AdapterError(f"adapter 'blip2': {reason}")
+        if config.text_config.model_type != "opt":
             llm = gated_mlp("llm", "llm", f"{_LLAMA}.layers")
             return llm, f"{_LLAMA}.layers", f"{_LLAMA}.norm"
-        if not text.do_layer_norm_before or text.word_embed_proj_dim != text.hidden_size:
-            raise AdapterError(
-                "adapter 'blip2': an OPT without a final layer norm or with a projection before "
-                "the LM head (OPT-350m style) is not supported"
-            )
         return self.components[2], self.decoder_layers, self.final_norm
-
-    def load(self, pretrained: str, dtype: Any = "auto", device: str = "cpu") -> LoadedModel:
-        """Refuses an unsupported language model from the config, before loading weights."""
-        from transformers import AutoConfig
-
-        self._llm_parts(AutoConfig.from_pretrained(pretrained))
-        return super().load(pretrained, dtype=dtype, device=device)
 
     def resolve(self, model: nn.Module) -> list[Component]:
         llm, _, _ = self._llm_parts(model.config)

@@ -20,11 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from torch import nn
-
 from mmneuron_bench import ModelAdapter, fc_mlp, gated_mlp, hookimpl, projector_mlp
-from mmneuron_bench.errors import AdapterError
-from mmneuron_bench.models.adapter import Component, LoadedModel
 
 _LLM = "model.language_model.layers"
 
@@ -44,33 +40,17 @@ class InternVLAdapter(ModelAdapter):
     final_norm = "model.language_model.norm"
     lm_head = "lm_head"
 
-    # Each refuses a mixture-of-experts LLM in one line before doing what the base class does
-    # (``load`` before any weight is read).
-
-    def load(self, pretrained: str, dtype: Any = "auto", device: str = "cpu") -> LoadedModel:
-        from transformers import AutoConfig
-
-        _refuse_moe(self.name, AutoConfig.from_pretrained(pretrained))
-        return super().load(pretrained, dtype=dtype, device=device)
-
-    def skeleton(self, config: Any) -> nn.Module:
-        _refuse_moe(self.name, config)
-        return super().skeleton(config)
-
-    def resolve(self, model: nn.Module) -> list[Component]:
-        _refuse_moe(self.name, model.config)
-        return super().resolve(model)
-
-
-def _refuse_moe(adapter: str, config: Any) -> None:
-    text = getattr(config, "text_config", None)
-    experts = getattr(text, "num_experts", None) or getattr(text, "num_local_experts", None)
-    if experts:
-        raise AdapterError(
-            f"adapter {adapter!r}: the language model ({getattr(text, 'model_type', '?')}) is a "
-            f"mixture of {experts} experts, whose MLP neurons are not separate modules; "
-            "only dense InternVL models are supported"
-        )
+    def refusal(self, config: Any) -> str | None:
+        """An InternVL with a mixture-of-experts LLM (the model type stays ``internvl``)."""
+        text = getattr(config, "text_config", None)
+        experts = getattr(text, "num_experts", None) or getattr(text, "num_local_experts", None)
+        if experts and self.handles(config):
+            return (
+                f"the language model ({getattr(text, 'model_type', '?')}) is a mixture of "
+                f"{experts} experts, whose MLP neurons are not separate modules; only dense "
+                "InternVL models are supported"
+            )
+        return super().refusal(config)
 
 
 @hookimpl

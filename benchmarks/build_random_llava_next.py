@@ -67,9 +67,9 @@ def main() -> None:
             size={"shortest_edge": size}, crop_size={"height": size, "width": size},
             image_grid_pinpoints=[[size, size]],
         )  # fmt: skip
+        tokenizer = llm_tokenizer(WORDS, model_max_length=text.max_position_embeddings)
         processor = LlavaNextProcessor(
-            image_processor=image_processor, patch_size=patch,
-            tokenizer=llm_tokenizer(model_max_length=config.text_config.max_position_embeddings),
+            image_processor=image_processor, patch_size=patch, tokenizer=tokenizer,
             vision_feature_select_strategy="default", num_additional_image_tokens=1,
             chat_template=CHAT_TEMPLATE,
         )  # fmt: skip

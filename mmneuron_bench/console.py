@@ -126,7 +126,10 @@ class RateColumn(ProgressColumn):
 
 
 def progress(unit: str = "samples", disable: bool = False) -> Progress:
-    """A progress bar on stderr: description, bar, done/total, rate and time remaining."""
+    """A progress bar on stderr: description, bar, done/total, rate and time remaining (shown
+    by the main process only, under ``accelerate launch``)."""
+    from mmneuron_bench.distributed import is_main_process
+
     return Progress(
         TextColumn("{task.description}"),
         BarColumn(bar_width=20),
@@ -134,7 +137,7 @@ def progress(unit: str = "samples", disable: bool = False) -> Progress:
         RateColumn(unit),
         TimeRemainingColumn(),
         console=Console(stderr=True),
-        disable=disable,
+        disable=disable or not is_main_process(),
     )
 
 

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 from click.testing import CliRunner
+from launch import launch_two
 
 from mmneuron_bench.cli import build_cli
 from mmneuron_bench.formats.stats import ActivationStats
@@ -66,17 +63,9 @@ def test_two_processes_count_what_one_process_counts(tiny_llava_next, task_dir, 
     single = tmp_path / "single.stats.safetensors"
     double = tmp_path / "double.stats.safetensors"
     assert CliRunner().invoke(build_cli(), _args(tiny_llava_next, task_dir, single)).exit_code == 0
-    # accelerate's launcher run by this very interpreter (not whatever `accelerate` is on PATH).
-    launcher = [
-        sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-        "-m", "mmneuron_bench.cli",
-    ]  # fmt: skip
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    subprocess.run(
-        [*launcher, *_args(tiny_llava_next, task_dir, double, "--batch-size", "2")],
-        check=True, capture_output=True, env=env, timeout=600,
-    )  # fmt: skip
+    launch_two(
+        "-m", "mmneuron_bench.cli", *_args(tiny_llava_next, task_dir, double, "--batch-size", "2")
+    )
     one, two = ActivationStats.load(single), ActivationStats.load(double)
     assert two.samples == one.samples
     for name in one.components:

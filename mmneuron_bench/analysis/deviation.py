@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from mmneuron_bench.analysis.inputs import prefill, task_inputs
+from mmneuron_bench.distributed import SINGLE, Processes
 from mmneuron_bench.errors import AdapterError, MMNeuronError
 from mmneuron_bench.formats.mask import NeuronMask
 from mmneuron_bench.formats.outputs import write_csv, write_json
@@ -98,7 +99,7 @@ def last_hidden(loaded: LoadedModel, inputs: dict[str, torch.Tensor]) -> torch.T
             "forward (expected once)"
         )
     keep = loaded.adapter.token_roles(model, inputs) != PAD
-    return captured[0][keep].to(torch.float64)
+    return captured[0][keep.to(captured[0].device)].to(torch.float64)
 
 
 def relative_deviation(h: torch.Tensor, h_masked: torch.Tensor) -> float:
@@ -116,13 +117,15 @@ def measure_deviation(
     seeds: int = 3,
     limit: int | None = None,
     on_sample: Callable[[str], None] | None = None,
+    processes: Processes = SINGLE,
 ) -> list[DeviationRow]:
     """Deviation rows for every task (with its domain's neurons) and module set.
 
     Each sample's unmasked hidden states are computed once and compared with one masked
     forward per module set and mask (the DAPE mask, then each random seed). ``module_sets``
     defaults to the paper's five, less those naming a role the model has no neurons of; a
-    given set naming such a role is refused.
+    given set naming such a role is refused. With several ``processes`` each measures its
+    share of the samples, and the per-sample deviations are summed in sample order on all.
     """
     if module_sets is None:
         module_sets = runnable_module_sets(list(MODULE_SETS), loaded.adapter)[0]
@@ -136,19 +139,26 @@ def measure_deviation(
             s: [Deactivation(components, m, domain.split("+"), roles[s]) for m in masks]
             for s in module_sets
         }
-        sums = {s: [0.0] * len(masks) for s in module_sets}
-        samples = 0
-        for inputs in task_inputs(loaded, tasks, task, limit):
+        mine = []  # per sample: {module set: [deviation under each mask]}
+        for inputs in task_inputs(loaded, tasks, task, limit, processes):
             h = last_hidden(loaded, inputs)
+            values = {s: [] for s in module_sets}
             for s, deactivations in plans.items():
-                for i, deactivation in enumerate(deactivations):
+                for deactivation in deactivations:
                     with deactivation:
-                        sums[s][i] += relative_deviation(h, last_hidden(loaded, inputs))
-            samples += 1
+                        values[s].append(relative_deviation(h, last_hidden(loaded, inputs)))
+            mine.append(values)
             if on_sample:
                 on_sample(task)
+        per_sample = processes.in_order(mine)
+        samples = len(per_sample)
         if samples == 0:
             raise MMNeuronError(f"task {task!r} has no documents")
+        sums = {s: [0.0] * len(masks) for s in module_sets}
+        for values in per_sample:
+            for s in module_sets:
+                for i, value in enumerate(values[s]):
+                    sums[s][i] += value
         for s in module_sets:
             percent = [100.0 * total / samples for total in sums[s]]
             counts = plans[s][0].layer_counts

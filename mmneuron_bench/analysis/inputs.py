@@ -7,17 +7,24 @@ from typing import Any
 
 import torch
 
+from mmneuron_bench.distributed import SINGLE, Processes
 from mmneuron_bench.domains.tasks import domain_samples, sample_content
 from mmneuron_bench.models.adapter import LoadedModel
+from mmneuron_bench.models.placement import input_device
 
 
 def task_inputs(
-    loaded: LoadedModel, tasks: dict[str, Any], name: str, limit: int | None
+    loaded: LoadedModel,
+    tasks: dict[str, Any],
+    name: str,
+    limit: int | None,
+    processes: Processes = SINGLE,
 ) -> Iterator[dict[str, torch.Tensor]]:
-    """Model inputs (batch 1, on the model's device) of a task's first ``limit`` documents."""
+    """Model inputs (batch 1, on the model's device) of a task's first ``limit`` documents;
+    this process's share of them (:meth:`Processes.take`) when several run."""
     model = loaded.model
-    device = next(model.parameters()).device
-    for sample in domain_samples(tasks, [name], limit):
+    device = input_device(model)
+    for sample in processes.take(domain_samples(tasks, [name], limit)):
         image, question = sample_content(tasks, sample)
         inputs = loaded.adapter.build_inputs(loaded.processor, [image], [question])
         yield inputs.to(device).to(model.dtype)

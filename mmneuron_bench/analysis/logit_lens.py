@@ -21,6 +21,7 @@ import torch
 
 from mmneuron_bench.analysis.inputs import prefill, task_inputs
 from mmneuron_bench.analysis.plots import plot_logit_lens
+from mmneuron_bench.distributed import SINGLE, Processes
 from mmneuron_bench.errors import AdapterError, MMNeuronError
 from mmneuron_bench.formats.mask import NeuronMask
 from mmneuron_bench.formats.outputs import write_csv, write_json
@@ -56,7 +57,8 @@ def chunked_entropy(
         logits = parts.logits(flat[start : start + chunk_size].unsqueeze(0))[0]
         probs = torch.softmax(logits.float(), dim=-1)
         # -p ln p in place (0 where p is 0): two chunk x vocab arrays at most, logits and probs.
-        out[start : start + chunk_size] = torch.special.entr(probs, out=probs).sum(-1)
+        entropy = torch.special.entr(probs, out=probs).sum(-1)
+        out[start : start + chunk_size] = entropy.to(out.device)
     return out.reshape(hidden.shape[:-1])
 
 
@@ -84,7 +86,8 @@ def lens_entropies(
             f"adapter {loaded.adapter.name!r}: a decoder layer did not run exactly once in one "
             "forward"
         )
-    return torch.stack([entries[0] for entries in found])
+    device = found[0][0].device  # layers of a dispatched model may sit on several devices
+    return torch.stack([entries[0].to(device) for entries in found])
 
 
 class LensCurves:
@@ -97,10 +100,22 @@ class LensCurves:
 
     def add(self, entropies: torch.Tensor, roles: torch.Tensor) -> None:
         """Add one forward's ``[layers, batch, seq]`` entropies, split by token ``roles``."""
+        self.add_totals(self.totals(entropies, roles))
+
+    @staticmethod
+    def totals(entropies: torch.Tensor, roles: torch.Tensor) -> dict[str, tuple]:
+        """One forward's entropy sums per layer (CPU) and position count, by kind."""
+        out = {}
         for kind, role in KINDS.items():
-            where = roles == role
-            self.sums[kind] += entropies[:, where].sum(-1).cpu()
-            self.counts[kind] += int(where.sum())
+            where = (roles == role).to(entropies.device)
+            out[kind] = (entropies[:, where].sum(-1).cpu(), int(where.sum()))
+        return out
+
+    def add_totals(self, totals: dict[str, tuple]) -> None:
+        """Add what :meth:`totals` gave for one forward."""
+        for kind, (sums, count) in totals.items():
+            self.sums[kind] += sums
+            self.counts[kind] += count
 
     def means(self) -> dict[str, list[float | None]]:
         """Mean entropy per layer for each kind (None for a kind with no positions)."""
@@ -141,8 +156,12 @@ def measure_logit_lens(
     limit: int | None = None,
     chunk_size: int = 256,
     on_sample: Callable[[str], None] | None = None,
+    processes: Processes = SINGLE,
 ) -> list[LensResult]:
-    """Logit-lens curves of every task, with its domain's neurons off as well if ``mask``."""
+    """Logit-lens curves of every task, with its domain's neurons off as well if ``mask``.
+
+    With several ``processes`` each runs its share of the samples; the per-sample sums are
+    added up in sample order on all of them."""
     model = loaded.model
     layers = len(loaded.adapter.language_model(model).layers)
     components = loaded.adapter.resolve(model) if mask is not None else []
@@ -152,21 +171,27 @@ def measure_logit_lens(
         deactivation = None
         if mask is not None:
             deactivation = Deactivation(components, mask, domain.split("+"), off)
-        curves = {"original": LensCurves(layers)}
-        if deactivation is not None:
-            curves["masked"] = LensCurves(layers)
-        samples = 0
-        for inputs in task_inputs(loaded, tasks, task, limit):
+        mine = []  # per sample: {condition: LensCurves.totals}
+        for inputs in task_inputs(loaded, tasks, task, limit, processes):
             roles = loaded.adapter.token_roles(model, inputs)
-            curves["original"].add(lens_entropies(loaded, inputs, chunk_size), roles)
+            totals = {
+                "original": LensCurves.totals(lens_entropies(loaded, inputs, chunk_size), roles)
+            }
             if deactivation is not None:
                 with deactivation:
-                    curves["masked"].add(lens_entropies(loaded, inputs, chunk_size), roles)
-            samples += 1
+                    entropies = lens_entropies(loaded, inputs, chunk_size)
+                totals["masked"] = LensCurves.totals(entropies, roles)
+            mine.append(totals)
             if on_sample:
                 on_sample(task)
+        per_sample = processes.in_order(mine)
+        samples = len(per_sample)
         if samples == 0:
             raise MMNeuronError(f"task {task!r} has no documents")
+        curves = {condition: LensCurves(layers) for condition in per_sample[0]}
+        for totals in per_sample:
+            for condition, by_kind in totals.items():
+                curves[condition].add_totals(by_kind)
         results.append(LensResult(task, domain, samples, curves))
     return results
 

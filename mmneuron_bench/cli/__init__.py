@@ -41,7 +41,8 @@ def _add_verbose_option(command: click.Command) -> None:
 
 
 class _Group(click.Group):
-    """Keeps the libraries' output out of the terminal (unless ``--verbose``) and turns the
+    """Keeps the libraries' output out of the terminal (unless ``--verbose``), and the standard
+    output of every process but the main one under ``accelerate launch``, and turns the
     project's errors into Click's one-line ``Error: ...`` and exit code 1."""
 
     def add_command(self, cmd: click.Command, name: str | None = None) -> None:
@@ -50,9 +51,10 @@ class _Group(click.Group):
 
     def invoke(self, ctx: click.Context):
         from mmneuron_bench.console import quiet_libraries
+        from mmneuron_bench.distributed import main_output_only
         from mmneuron_bench.versions import check_requirements
 
-        with quiet_libraries() as output:
+        with quiet_libraries() as output, main_output_only():
             ctx.meta[_OUTPUT] = output
             try:
                 check_requirements()

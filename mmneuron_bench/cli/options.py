@@ -19,12 +19,15 @@ DTYPE_NAMES = ("auto", "float32", "bfloat16", "float16")
 
 @dataclass(frozen=True)
 class ModelChoice:
-    """Which model to load and where: ``--model``, ``--pretrained``, ``--device``, ``--dtype``."""
+    """Which model to load and where: ``--model``, ``--pretrained``, ``--device``, ``--dtype``,
+    and for ``--device auto`` ``--max-memory`` and ``--offload-folder``."""
 
     adapter_name: str | None
     pretrained: str
     device: str
     dtype: str
+    max_memory: dict | None = None
+    offload_folder: str | None = None
 
     def torch_dtype(self):
         """The torch dtype named by ``dtype`` (``"auto"`` lets transformers choose)."""
@@ -39,13 +42,20 @@ class ModelChoice:
 
         return pick_adapter(get_registry(), load_config(self.pretrained), self.adapter_name)
 
-    def load(self, device: str | None = None):
-        """Pick the adapter and load model and processor (on ``device`` if given)."""
+    def placement(self):
+        """Where the weights go (:class:`~mmneuron_bench.models.placement.Placement`)."""
+        from mmneuron_bench.models.placement import Placement
+
+        return Placement(self.device, self.max_memory, self.offload_folder)
+
+    def load(self, processes=None):
+        """Pick the adapter and load model and processor, placed for this process among
+        ``processes`` (:func:`mmneuron_bench.distributed.processes`; default: the only one)."""
+        from mmneuron_bench.distributed import SINGLE
         from mmneuron_bench.models.loading import load_model
 
-        return load_model(
-            self.pretrained, self.adapter_name, self.torch_dtype(), device or self.device
-        )
+        placement = self.placement().for_process(processes or SINGLE)
+        return load_model(self.pretrained, self.adapter_name, self.torch_dtype(), placement)
 
 
 def model_options(command: Callable) -> Callable:
@@ -55,8 +65,15 @@ def model_options(command: Callable) -> Callable:
     """
 
     @functools.wraps(command)
-    def with_model(*args, adapter_name, pretrained, device, dtype, **kwargs):
-        return command(*args, model=ModelChoice(adapter_name, pretrained, device, dtype), **kwargs)
+    def with_model(
+        *args, adapter_name, pretrained, device, dtype, max_memory, offload_folder, **kwargs
+    ):
+        if device != "auto" and (max_memory is not None or offload_folder is not None):
+            given = "--max-memory" if max_memory is not None else "--offload-folder"
+            raise OptionConflict(f"{given} needs --device auto")
+        folder = None if offload_folder is None else os.fspath(offload_folder)
+        choice = ModelChoice(adapter_name, pretrained, device, dtype, max_memory, folder)
+        return command(*args, model=choice, **kwargs)
 
     options = (
         click.option(
@@ -68,7 +85,8 @@ def model_options(command: Callable) -> Callable:
             default="cpu",
             show_default=True,
             callback=_check_device,
-            help="cpu, cuda, cuda:1, ...",
+            help="cpu, cuda, cuda:1, ..., or auto: the model dispatched by accelerate over "
+            "every visible device, offloading what does not fit to the CPU and the disk.",
         ),
         click.option(
             "--dtype",
@@ -77,16 +95,38 @@ def model_options(command: Callable) -> Callable:
             show_default=True,
             help="Weights dtype.",
         ),
+        click.option(
+            "--max-memory",
+            callback=_max_memory,
+            metavar="DEVICE=SIZE,...",
+            help="--device auto: memory per device (GPU index, cpu, disk), e.g. 0=20GiB,cpu=64GiB.",
+        ),
+        click.option(
+            "--offload-folder",
+            type=click.Path(file_okay=False, path_type=Path),
+            help="--device auto: folder for weights offloaded to the disk.",
+        ),
     )
     for option in reversed(options):
         with_model = option(with_model)
     return with_model
 
 
+def _max_memory(_ctx: click.Context, _param: click.Parameter, value: str | None):
+    from mmneuron_bench.models.placement import parse_max_memory
+
+    try:
+        return None if value is None else parse_max_memory(value)
+    except MMNeuronError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 def _check_device(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
-    """A torch device this machine has (checked before any model is loaded)."""
+    """A torch device this machine has, or ``auto`` (checked before any model is loaded)."""
     import torch
 
+    if value == "auto":
+        return value
     try:
         device = torch.device(value)
     except RuntimeError:

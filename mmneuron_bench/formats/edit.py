@@ -121,6 +121,11 @@ class WeightEdit:
                     f"the edit's module '{edit.module}' is not in {type(model).__name__}"
                 ) from None
             weight = getattr(module, "weight", None)
+            if isinstance(weight, torch.Tensor) and weight.device.type == "meta":
+                raise MMNeuronError(
+                    f"'{edit.module}' is offloaded (--device auto): a weight edit needs its "
+                    "weights on a device; give --max-memory room for them"
+                )
             hidden = edit.original.shape[0]
             if (
                 not isinstance(weight, torch.Tensor)

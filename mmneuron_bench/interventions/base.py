@@ -36,11 +36,25 @@ ORDER_PER_DOCUMENT = 30
 @dataclass
 class Target:
     """What an intervention is attached to: the loaded model, its resolved components and its
-    identity (as in stats, mask and edit files)."""
+    identity (as in stats, mask and edit files).
+
+    The ``mmneuron`` lmms-eval model also gives what per-document interventions need:
+    ``document(request)``, the lmms-eval document a request was built from, and
+    :meth:`processor`, the model's processor (loaded on first use when ``loaded`` has none).
+    Both are None elsewhere (the analyses run no per-document intervention).
+    """
 
     loaded: LoadedModel
     components: Sequence[Component]
     identity: dict
+    document: Callable[[Any], Any] | None = None
+    load_processor: Callable[[], Any] | None = None
+
+    def processor(self) -> Any:
+        """The model's processor (``loaded.processor``, else loaded through ``load_processor``)."""
+        if self.loaded.processor is None and self.load_processor is not None:
+            self.loaded.processor = self.load_processor()
+        return self.loaded.processor
 
 
 class Intervention:
@@ -96,13 +110,14 @@ class InterventionKind:
 
     ``args`` are the ``--model_args`` keys of the ``mmneuron`` lmms-eval model (and the
     ``--intervention KEY=VALUE`` keys of ``run``); the first one switches the kind on
-    (``mask=FILE``, ``edit=FILE``), the others refine it and need the first. ``build`` gets
-    the given ones as a dict (strings from a command line, or objects from Python).
+    (``mask=FILE``, ``edit=FILE``, ``fastmem=1``), the others refine it and need the first.
+    ``build`` gets the given ones as a dict (strings from a command line, or objects from
+    Python) and returns the intervention, or None when the switch says off (``fastmem=0``).
     """
 
     name: str
     args: tuple[str, ...]
-    build: Callable[[dict[str, Any]], Intervention]
+    build: Callable[[dict[str, Any]], Intervention | None]
     help: str = ""
 
     @property

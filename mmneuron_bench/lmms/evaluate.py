@@ -12,10 +12,12 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mmneuron_bench.distributed import one_process_view
 from mmneuron_bench.errors import MMNeuronError
 from mmneuron_bench.formats.atomic import all_or_nothing, atomic_write
 from mmneuron_bench.formats.outputs import file_reference, write_json
@@ -52,6 +54,10 @@ def evaluate(
 
     ``bootstrap_iters=0``: lmms-eval still reports the central-limit standard error
     (``*_stderr_clt``); the bootstrap would only add minutes on large tasks.
+
+    A model that splits its requests over processes (``lm.splits_requests``) is evaluated as
+    one process on every process: each builds every request, the model answers its share
+    and gathers the rest, and every process gets the results one process would.
     """
     lmms_eval_logs_to_stderr()
     from lmms_eval.evaluator import simple_evaluate
@@ -60,20 +66,21 @@ def evaluate(
 
     base = getattr(lm, "base_name", type(lm).__name__)
     check_chat_tasks(base, getattr(lm, "is_simple", True), tasks, manager)
-    return simple_evaluate(
-        model=lm,
-        tasks=list(tasks),
-        task_manager=manager,
-        limit=limit,
-        batch_size=batch_size,
-        bootstrap_iters=0,
-        log_samples=True,
-        random_seed=seed,
-        numpy_random_seed=seed,
-        torch_random_seed=seed,
-        fewshot_random_seed=seed,
-        verbosity="WARNING",
-    )
+    with one_process_view() if getattr(lm, "splits_requests", False) else nullcontext():
+        return simple_evaluate(
+            model=lm,
+            tasks=list(tasks),
+            task_manager=manager,
+            limit=limit,
+            batch_size=batch_size,
+            bootstrap_iters=0,
+            log_samples=True,
+            random_seed=seed,
+            numpy_random_seed=seed,
+            torch_random_seed=seed,
+            fewshot_random_seed=seed,
+            verbosity="WARNING",
+        )
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,11 @@ One loaded ``mmneuron`` model is evaluated once per cell (module set, mask, task
 the given one (``"dape"``) or, with the random baseline, :func:`select_random_like` of it
 (``"random"``): as many neurons per domain, component and layer, and for a task with
 '+'-joined domains as many as the union of theirs. Module set ``none`` switches
-nothing off and is evaluated once, under ``"dape"``.
+nothing off and is evaluated once, under ``"dape"``. A per-document intervention given to the
+grid (FastMem: ``--intervention fastmem=1``) adds rows instead of changing every cell: the
+intervention alone (module set ``none``) and with the task's DAPE neurons off in every module
+(``all``), as cells whose ``mask`` is the intervention's kind (``"fastmem"``); ``grid.json``
+then lists the kinds under ``"extra_rows"``.
 
 Files (read by other tools; keep them exactly):
 
@@ -27,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from mmneuron_bench.analysis.uncertainty import Change, change
+from mmneuron_bench.distributed import SINGLE, Processes
 from mmneuron_bench.errors import MMNeuronError
 from mmneuron_bench.formats.mask import NeuronMask
 from mmneuron_bench.formats.outputs import write_csv
@@ -61,14 +66,19 @@ def random_seeds(header: dict, seed: int) -> list[int | None]:
     return [None] if count == 1 else list(range(seed, seed + count))
 
 
+# The module sets of an extra row's cells: the intervention alone, and with the mask on all.
+EXTRA_MODULE_SETS = ("none", "all")
+
+
 def plan_cells(
     module_sets: Sequence[str],
     tasks: Sequence[str],
     baseline: str | None,
     seeds: Sequence[int | None] = (None,),
+    extra_rows: Sequence[str] = (),
 ) -> list[Cell]:
-    """Every cell in evaluation order: the mask's rows, then the random baseline's (one set of
-    rows per seed)."""
+    """Every cell in evaluation order: the mask's rows, the random baseline's (one set of rows
+    per seed), then the extra rows' (per-document interventions)."""
     cells = [Cell(s, "dape", t) for s in module_sets for t in tasks]
     if baseline:
         cells += [
@@ -78,12 +88,17 @@ def plan_cells(
             if s != "none"
             for t in tasks
         ]
-    return cells
+    return cells + [
+        Cell(m, kind, t) for kind in extra_rows for m in EXTRA_MODULE_SETS for t in tasks
+    ]
 
 
 def row_label(module_set: str, mask: str) -> str:
-    """Table row of a cell: the module set, marked for the random baseline."""
-    return module_set if mask == "dape" else f"{module_set} ({mask})"
+    """Table row of a cell: the module set, marked for the random baseline; an extra row is
+    its intervention (``fastmem``) or the intervention with the mask (``all + fastmem``)."""
+    if mask in ("dape", "random"):
+        return module_set if mask == "dape" else f"{module_set} ({mask})"
+    return mask if module_set == "none" else f"{module_set} + {mask}"
 
 
 def grid_tasks(
@@ -116,8 +131,10 @@ def grid_header(
     tasks: dict,
     module_sets: Sequence[str],
     random_seeds: int = 1,
+    extra_rows: Sequence[str] = (),
 ) -> dict:
-    """Everything in ``grid.json`` but the cells (``random_seeds`` only when more than one)."""
+    """Everything in ``grid.json`` but the cells (``random_seeds`` only when more than one,
+    ``extra_rows`` only when there are some)."""
     header = {
         "format": GRID_FORMAT,
         "model": model,
@@ -126,7 +143,11 @@ def grid_header(
         "module_sets": list(module_sets),
         "tasks": tasks,
     }
-    return header if random_seeds == 1 else {**header, "random_seeds": random_seeds}
+    if random_seeds != 1:
+        header["random_seeds"] = random_seeds
+    if extra_rows:
+        header["extra_rows"] = list(extra_rows)
+    return header
 
 
 def load_cells(out_dir: Path, header: dict) -> list[dict]:
@@ -178,13 +199,21 @@ def run_grid(
     mode: str = "zero",
     stats: ActivationStats | None = None,
     on_cell: Callable[[Cell, float], None] | None = None,
+    extras: Sequence[Any] = (),
+    processes: Processes = SINGLE,
 ) -> list[dict]:
     """Evaluate every cell not yet in ``out_dir/grid.json``, saving the grid after each.
 
     ``lm`` is an :class:`~mmneuron_bench.lmms.model.MMNeuronLMM`; ``evaluate(task)`` runs
-    lmms-eval on one task and returns its results. Returns all cells, in plan order.
+    lmms-eval on one task and returns its results. ``extras`` are the interventions of the
+    header's ``extra_rows`` (by their ``kind``), held by ``lm`` only for their own cells.
+    Returns all cells, in plan order. Under ``accelerate launch`` every process evaluates
+    every cell (each answering its share of the documents) and only the main one of
+    ``processes`` writes.
     """
-    out_dir.mkdir(parents=True, exist_ok=True)
+    extra = {intervention.kind: intervention for intervention in extras}
+    if processes.main:
+        out_dir.mkdir(parents=True, exist_ok=True)
     cells = load_cells(out_dir, header)
     done = {Cell.of(c) for c in cells}
     seeds = random_seeds(header, seed)
@@ -195,19 +224,28 @@ def run_grid(
                 random_masks[(domain, s)] = select_random_like(
                     mask, seed if s is None else s, together=domain.split("+")
                 )
-    plan = plan_cells(header["module_sets"], list(header["tasks"]), header["baseline"], seeds)
+    extra_rows = header.get("extra_rows", [])
+    plan = plan_cells(
+        header["module_sets"], list(header["tasks"]), header["baseline"], seeds, extra_rows
+    )
     for cell in plan:
         if cell in done:
             continue
         task = header["tasks"][cell.task]
         lm.set_mask(
-            mask if cell.mask == "dape" else random_masks[(task["domain"], cell.seed)],
+            random_masks[(task["domain"], cell.seed)] if cell.mask == "random" else mask,
             modules=cell.module_set,
             domain=task["domain"],
             mode=mode,
             stats=stats,
         )
-        results = evaluate(cell.task)
+        if cell.mask in extra:
+            lm.interventions.add(extra[cell.mask])
+        try:
+            results = evaluate(cell.task)
+        finally:
+            for kind in extra:
+                lm.interventions.remove(kind)
         value = metric_value(results, cell.task, task["metric"])
         entry = {
             "module_set": cell.module_set,
@@ -219,7 +257,8 @@ def run_grid(
             "scores": document_scores(results, cell.task, task["metric"]),
         }
         cells.append(entry if cell.seed is None else {**entry, "seed": cell.seed})
-        save_grid(out_dir, header, cells)
+        if processes.main:
+            save_grid(out_dir, header, cells)
         if on_cell is not None:
             on_cell(cell, value)
     order = {cell: i for i, cell in enumerate(plan)}
@@ -227,15 +266,20 @@ def run_grid(
 
 
 def cell_changes(cells: list[dict], seed: int = 0) -> dict[Cell, Change]:
-    """Each cell's paired change against the task's ``none`` cell (documents in the same
-    order), where both have per-document scores."""
-    none = {c["task"]: c.get("scores") for c in cells if c["module_set"] == "none"}
+    """Each cell's paired change against the task's ``none`` cell (nothing off, no extra
+    intervention; documents in the same order), where both have per-document scores."""
+    plain = {c["task"]: c for c in cells if _is_plain(c)}
     out = {}
     for cell in cells:
-        base, scores = none.get(cell["task"]), cell.get("scores")
-        if cell["module_set"] != "none" and base and scores and len(base) == len(scores):
+        base = plain.get(cell["task"], {}).get("scores")
+        scores = cell.get("scores")
+        if not _is_plain(cell) and base and scores and len(base) == len(scores):
             out[Cell.of(cell)] = change(base, scores, seed=seed)
     return out
+
+
+def _is_plain(cell: dict) -> bool:
+    return cell["module_set"] == "none" and cell["mask"] == "dape"
 
 
 def _mean_sd(values: list[float]) -> str:
@@ -254,13 +298,14 @@ def grid_tables(header: dict, cells: list[dict], seed: int = 0) -> list[Table]:
     rows = [(s, "dape") for s in module_sets]
     if header["baseline"]:
         rows += [(s, header["baseline"]) for s in module_sets if s != "none"]
+    rows += [(m, kind) for kind in header.get("extra_rows", []) for m in EXTRA_MODULE_SETS]
     by_cell = {Cell.of(c): c for c in cells}
     changes = cell_changes(cells, seed)
     values, shifts = [], []
     for module_set, mask in rows:
         value_row, change_row = [row_label(module_set, mask)], [row_label(module_set, mask)]
         for task in tasks:
-            keys = [Cell(module_set, mask, task, s if mask != "dape" else None) for s in seeds]
+            keys = [Cell(module_set, mask, task, s if mask == "random" else None) for s in seeds]
             found = [by_cell[k] for k in dict.fromkeys(keys) if k in by_cell]
             if not found:
                 value_row.append("-")
@@ -275,7 +320,7 @@ def grid_tables(header: dict, cells: list[dict], seed: int = 0) -> list[Table]:
                 )
             change_row.append(_change_text([changes.get(Cell.of(c)) for c in found]))
         values.append(value_row)
-        if module_set != "none":
+        if (module_set, mask) != ("none", "dape"):
             shifts.append(change_row)
     columns = [f"{task} ({info['domain']}, {info['metric']})" for task, info in tasks.items()]
     title = f"{header['model']['name_or_path']}: {header['mask']['path']}"

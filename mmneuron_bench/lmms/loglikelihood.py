@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from mmneuron_bench.models.adapter import ModelAdapter
+from mmneuron_bench.models.placement import input_device
 
 
 def continuation_nll(
@@ -39,9 +40,9 @@ def continuation_nll(
     inputs = adapter.build_inputs(processor, [image], [context])
     cont = torch.tensor([cont_ids], dtype=inputs["input_ids"].dtype)
     inputs = adapter.append_tokens(inputs, cont)
-    param = next(model.parameters())
+    device = input_device(model)
     batch = {
-        key: value.to(param.device, param.dtype if value.is_floating_point() else None)
+        key: value.to(device, model.dtype if value.is_floating_point() else None)
         for key, value in inputs.items()
     }
     with torch.inference_mode():

@@ -9,7 +9,8 @@ release without the trap passes through untouched:
   libraries that are missing).
 - ``llava_hf`` passes ``device_map=""`` to ``from_pretrained``, which transformers 5 refuses,
   and ``gemma3``'s ``device_map="auto"`` sends inputs to CUDA on a CPU machine:
-  :func:`base_kwargs` sets ``device_map`` to the device in a single process.
+  :func:`base_kwargs` sets ``device_map`` to the device (the process's own under
+  ``accelerate launch``).
 - ``llava_hf`` gives the tokenizer's chat template string content (``"<image>\n" + question``),
   which the templates of llava-hf checkpoints such as LLaVA-OneVision's render as nothing (they
   read typed content only): the prompt loses the question and the image token.
@@ -44,7 +45,6 @@ import contextlib
 import importlib.machinery
 import importlib.util
 import inspect
-import os
 import sys
 import types
 from collections.abc import Callable, Iterator, Sequence
@@ -52,6 +52,7 @@ from typing import Any
 
 import torch
 
+from mmneuron_bench.distributed import launched_processes, process_device
 from mmneuron_bench.errors import MMNeuronError
 
 # Bases whose HF model's generate() may return the prompt before the answer, while the base
@@ -149,13 +150,15 @@ def import_base(name: str) -> type:
 def base_kwargs(cls: type, args: dict[str, Any]) -> dict[str, Any]:
     """The keyword arguments the base is built with: ``args`` plus the ``device_map`` fix.
 
-    In a single process, a base whose ``device_map`` defaults to ``""`` (refused by
-    transformers 5), ``"auto"`` or ``"cuda"`` (both send inputs to CUDA on a CPU machine) gets
-    the device instead, unless a ``device_map`` is given (under ``accelerate launch`` the
-    bases set the per-process device themselves). ``max_batch_size`` (added by lmms-eval's
-    CLI) is dropped unless the base takes it, and so is ``dtype`` (:func:`honour_dtype` casts
-    the loaded model). A base whose ``temperature`` defaults above 0 (``mistral3_vl``: tasks
-    that do not set ``do_sample`` would be sampled) gets 0 unless one is given. A base of
+    A base whose ``device_map`` defaults to ``""`` (refused by transformers 5), ``"auto"`` or
+    ``"cuda"`` (both send inputs to CUDA on a CPU machine) gets the device instead, unless a
+    ``device_map`` is given; under ``accelerate launch`` every base with a ``device_map`` gets
+    the process's own device (``cuda:LOCAL_RANK`` or the CPU), so that none wraps the model
+    for DDP (``llava_hf`` asserts a GPU for it) or spreads it over every GPU.
+    ``max_batch_size`` (added by lmms-eval's CLI) is dropped unless the base takes it, and so
+    is ``dtype`` (:func:`honour_dtype` casts the loaded model). A base whose ``temperature``
+    defaults above 0 (``mistral3_vl``: tasks that do not set ``do_sample`` would be sampled)
+    gets 0 unless one is given. A base of
     :data:`STRING_CONTENT_BASES` whose checkpoint's chat template drops string content gets
     ``chat_template`` (unless given): that template reading string content
     (:func:`string_content_template`).
@@ -177,13 +180,15 @@ def base_kwargs(cls: type, args: dict[str, Any]) -> dict[str, Any]:
         out.pop("max_batch_size", None)
     if "dtype" not in params:
         out.pop("dtype", None)
-    single = int(os.environ.get("WORLD_SIZE", "1")) == 1
+    several = launched_processes() > 1
     device_map = params.get("device_map")
-    if single and device_map is not None and device_map.default in ("", None, "auto", "cuda"):
+    if device_map is not None and (several or device_map.default in ("", None, "auto", "cuda")):
         if "device_map" not in out or out["device_map"] in ("", None):
             device = out.get("device", params["device"].default if "device" in params else None)
             if device:
-                out["device_map"] = str(device)
+                out["device_map"] = process_device(str(device))
+                if several and "device" in params:
+                    out["device"] = out["device_map"]
     return out
 
 
@@ -322,6 +327,11 @@ def honour_dtype(model: torch.nn.Module, dtype: Any) -> None:
     if not isinstance(wanted, torch.dtype):
         return  # the base has accepted or refused it already
     if any(p.is_floating_point() and p.dtype != wanted for p in model.parameters()):
+        if getattr(model, "hf_device_map", None):
+            raise MMNeuronError(
+                f"the base loaded the model in {model.dtype}, not {wanted}, and a model "
+                "dispatched over devices (device_map=auto) cannot be cast: give dtype=auto"
+            )
         model.to(wanted)
 
 

@@ -18,6 +18,7 @@ from torch import nn
 
 from mmneuron_bench.errors import AdapterError
 from mmneuron_bench.models.components import ROLES, ComponentInfo, ComponentSpec
+from mmneuron_bench.models.placement import Placement, placement_of
 
 # Token roles of one position of the language model's input.
 PAD, TEXT, IMAGE = 0, 1, 2
@@ -170,7 +171,9 @@ class ModelAdapter:
         return bool(set(getattr(config, "architectures", None) or ()) & set(self.architectures))
 
     def refusal(self, config: Any) -> str | None:
-        """Why this adapter refuses a model of this config (None: it does not refuse it)."""
+        """Why this adapter refuses a model of this config, handled or not (None: it does not
+        refuse it): :attr:`refused_model_types` by default; a family whose variants share a
+        model type (a mixture-of-experts LLM) overrides it. Checked before anything loads."""
         return self.refused_model_types.get(getattr(config, "model_type", None))
 
     def model_cls(self) -> type:
@@ -179,10 +182,11 @@ class ModelAdapter:
         return getattr(transformers, self.model_class)
 
     def load(
-        self, pretrained: str, dtype: str | torch.dtype = "auto", device: str = "cpu"
+        self, pretrained: str, dtype: str | torch.dtype = "auto", device: str | Placement = "cpu"
     ) -> LoadedModel:
-        """Load model and processor through ``from_pretrained`` (local path or hub id)."""
-        model = self.model_cls().from_pretrained(pretrained, dtype=dtype).to(device).eval()
+        """Load model and processor through ``from_pretrained`` (local path or hub id), on a
+        device, or dispatched over devices (``"auto"`` or a :class:`Placement`)."""
+        model = placement_of(device).load(self.model_cls(), pretrained, dtype)
         return LoadedModel(self, model, self.load_processor(pretrained))
 
     def load_processor(self, pretrained: str) -> Any:

@@ -66,6 +66,10 @@ class ComponentSpec:
     patches, connector features), ``"llm"`` (the language model's sequence: padding and the
     token scope apply), or another kind the adapter's ``positions()`` returns (InstructBLIP's
     ``"qformer_text"``).
+
+    ``up`` (optional, gated MLPs): the ``nn.Linear`` whose output multiplies the activation
+    (``up_proj``). Only interventions that train an MLP's weights (FastMem) read it, and
+    only then is it resolved; ``gated_mlp`` declares ``mlp.up_proj``.
     """
 
     name: str
@@ -75,6 +79,7 @@ class ComponentSpec:
     output: str
     layers: str | None = None
     positions: str = "all"
+    up: str | None = None
 
     def path(self, relative: str, layer: int | str) -> str:
         """The full path of ``relative`` (one of the three paths) in layer ``layer``."""
@@ -110,14 +115,23 @@ def gated_mlp(
     gate: str = "gate_proj",
     act: str = "act_fn",
     down: str = "down_proj",
+    up: str | None = "up_proj",
     positions: str = "llm",
 ) -> ComponentSpec:
     """``act(gate_proj(x)) * up_proj(x) -> down_proj`` in every layer (Llama-style LLMs)."""
-    return _layer_mlp(name, role, layers, mlp, gate, act, down, positions)
+    return _layer_mlp(name, role, layers, mlp, gate, act, down, positions, up)
 
 
 def _layer_mlp(
-    name: str, role: str, layers: str, mlp: str, width: str, act: str, out: str, positions: str
+    name: str,
+    role: str,
+    layers: str,
+    mlp: str,
+    width: str,
+    act: str,
+    out: str,
+    positions: str,
+    up: str | None = None,
 ) -> ComponentSpec:
     return ComponentSpec(
         name=name,
@@ -127,6 +141,7 @@ def _layer_mlp(
         width=_join(mlp, width),
         output=_join(mlp, out),
         positions=positions,
+        up=None if up is None else _join(mlp, up),
     )
 
 

@@ -8,6 +8,7 @@ from PIL import Image
 from mmneuron_bench.errors import AdapterError
 from mmneuron_bench.models.adapter import Component, LoadedModel
 from mmneuron_bench.models.hooks import forward_hooks
+from mmneuron_bench.models.placement import input_device
 
 
 def example_inputs(loaded: LoadedModel, batch: int = 1) -> dict:
@@ -15,8 +16,7 @@ def example_inputs(loaded: LoadedModel, batch: int = 1) -> dict:
     images = [Image.new("RGB", (64, 64), (96 + 32 * i, 128, 160)) for i in range(batch)]
     questions = ["What is in the image?"] * batch
     inputs = loaded.adapter.build_inputs(loaded.processor, images, questions)
-    device = next(loaded.model.parameters()).device
-    return inputs.to(device)
+    return inputs.to(input_device(loaded.model))
 
 
 def fired_layers(loaded: LoadedModel, components: list[Component], inputs: dict) -> dict:

@@ -27,16 +27,15 @@ def load_config(pretrained: str) -> Any:
 
 
 def pick_adapter(registry: PluginRegistry, config: Any, adapter_name: str | None) -> ModelAdapter:
-    """The named adapter (checked against the config), or the one that handles the config."""
+    """The named adapter (checked against the config), or the one that handles the config;
+    a model the adapter refuses (:meth:`ModelAdapter.refusal`) is a one-line error."""
     if adapter_name is None:
         return registry.adapter_for_config(config)
     adapter = registry.adapter(adapter_name)
+    reason = adapter.refusal(config)
+    if reason:
+        raise AdapterError(f"adapter {adapter_name!r}, model type {config.model_type!r}: {reason}")
     if not adapter.handles(config):
-        reason = adapter.refusal(config)
-        if reason:
-            raise AdapterError(
-                f"adapter {adapter_name!r}, model type {config.model_type!r}: {reason}"
-            )
         raise AdapterError(
             f"adapter {adapter_name!r} does not handle model type {config.model_type!r}"
         )
@@ -87,7 +86,7 @@ def model_identity(loaded: LoadedModel, pretrained: str) -> dict:
     }
 
 
-def fingerprint(model: nn.Module) -> str:
+def fingerprint(model: nn.Module, name_or_path: str | None = None) -> str:
     """sha256 of the config and of every parameter's name and shape: the same architecture
     and size give the same fingerprint, whatever the folder, dtype or device it was loaded
     with."""

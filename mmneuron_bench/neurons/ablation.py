@@ -9,10 +9,12 @@ from typing import Any
 
 import torch
 
+from mmneuron_bench.distributed import SINGLE, Processes
 from mmneuron_bench.formats.edit import ColumnEdit, WeightEdit
 from mmneuron_bench.formats.mask import NeuronMask
 from mmneuron_bench.interventions.mask import Deactivation
 from mmneuron_bench.models.adapter import Component, LoadedModel
+from mmneuron_bench.models.placement import weight
 from mmneuron_bench.neurons.anatomy import llm_component
 from mmneuron_bench.neurons.generation import Generation, batched, forced_probabilities
 from mmneuron_bench.neurons.neurons_file import no_neurons
@@ -51,6 +53,7 @@ def ablate(
     method: str = "zero",
     sigma: float = 0.0,
     model_meta: dict | None = None,
+    processes: Processes = SINGLE,
 ) -> list[Ablation]:
     """For each token domain: p(token) with its top neurons switched off (or perturbed) versus
     as many random ones.
@@ -61,7 +64,8 @@ def ablate(
     002's perturbation: ``sigma * N(0, I)`` added to each neuron's output-weight column
     (:func:`noise_edit`, removed exactly afterwards); its random neurons are drawn from all llm
     neurons, as the official code draws them. A generator seeded by ``seed`` and the token id
-    draws both (so a token's draws do not depend on which other tokens are ablated).
+    draws both (so a token's draws do not depend on which other tokens are ablated). With
+    several ``processes`` each teacher-forces its share of the batches.
     """
     if method not in ("zero", "noise"):
         raise ValueError(f"method must be zero or noise, not {method!r}")
@@ -79,7 +83,7 @@ def ablate(
         conditions = {"top": top} | {
             f"random{i}": random_neurons(pool, count, generator) for i in range(draws)
         }
-        means = {"none": _mean_probability(loaded, tasks, chosen, token, batch_size)}
+        means = {"none": _mean_probability(loaded, tasks, chosen, token, batch_size, processes)}
         for name, selected in conditions.items():
             if method == "noise":
                 edit = noise_edit(llm, selected, sigma, generator, model_meta or mask.model)
@@ -87,7 +91,7 @@ def ablate(
             else:
                 context = Deactivation(components, _only(mask, llm.name, selected), "only")
             with context:
-                means[name] = _mean_probability(loaded, tasks, chosen, token, batch_size)
+                means[name] = _mean_probability(loaded, tasks, chosen, token, batch_size, processes)
         random_means = tuple(means[f"random{i}"] for i in range(draws))
         results.append(
             Ablation(
@@ -119,7 +123,8 @@ def noise_edit(
         columns = selected[layer].nonzero().flatten()
         if columns.numel() == 0:
             continue
-        original = linear.weight[:, columns.to(linear.weight.device)].detach().float().cpu()
+        w = weight(linear)
+        original = w[:, columns.to(w.device)].float().cpu()
         delta = sigma * torch.randn(original.shape, generator=generator)
         edits.append(ColumnEdit(llm.output_path(layer), columns, original, delta))
     params = {"rule": "w += sigma * N(0, I)", "sigma": sigma, "neurons": int(selected.sum())}
@@ -141,11 +146,17 @@ def _mean_probability(
     generations: Sequence[Generation],
     token: int,
     batch_size: int,
+    processes: Processes = SINGLE,
 ) -> float:
-    """Mean p(token) over the positions where the generations chose ``token``."""
-    values = []
-    for batch in batched(generations, batch_size):
-        for g, probs in zip(batch, forced_probabilities(loaded, tasks, batch), strict=True):
-            at = torch.tensor(g.tokens) == token
-            values.append(probs[at, token].double())
-    return float(torch.cat(values).mean())
+    """Mean p(token) over the positions where the generations chose ``token`` (each process
+    computing its share of the batches)."""
+
+    def probabilities(batch: Sequence[Generation]) -> list[torch.Tensor]:
+        found = forced_probabilities(loaded, tasks, batch)
+        return [
+            probs[torch.tensor(g.tokens) == token, token].double()
+            for g, probs in zip(batch, found, strict=True)
+        ]
+
+    per_batch = processes.map(probabilities, list(batched(generations, batch_size)))
+    return float(torch.cat([v for values in per_batch for v in values]).mean())

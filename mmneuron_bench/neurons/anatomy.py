@@ -11,6 +11,7 @@ from torch import nn
 
 from mmneuron_bench.errors import AdapterError
 from mmneuron_bench.models.adapter import Component, LoadedModel
+from mmneuron_bench.models.placement import Weights, weight
 
 
 def llm_component(components: Sequence[Component]) -> Component:
@@ -21,14 +22,15 @@ def llm_component(components: Sequence[Component]) -> Component:
     return found[0]
 
 
-def down_weights(component: Component) -> list[torch.Tensor]:
-    """Each layer's output projection weight ``W_down`` ``[hidden, width]`` (detached)."""
-    return [linear.weight.detach() for linear in component.outputs]
+def down_weights(component: Component) -> Sequence[torch.Tensor]:
+    """Each layer's output projection weight ``W_down`` ``[hidden, width]`` (detached; an
+    offloaded layer's is brought in when it is read)."""
+    return Weights(component.outputs)
 
 
 def unembedding(loaded: LoadedModel) -> torch.Tensor:
-    """The LM head's weight ``W_U`` ``[vocab, hidden]``."""
+    """The LM head's weight ``W_U`` ``[vocab, hidden]`` (detached; a copy if offloaded)."""
     head = loaded.adapter.language_model(loaded.model).lm_head
     if not isinstance(head, nn.Linear):
         raise AdapterError(f"the LM head is a {type(head).__name__}, not a Linear layer")
-    return head.weight
+    return weight(head)

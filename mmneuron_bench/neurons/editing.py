@@ -24,6 +24,7 @@ from mmneuron_bench.errors import MMNeuronError
 from mmneuron_bench.formats.edit import ColumnEdit, WeightEdit
 from mmneuron_bench.formats.mask import NeuronMask
 from mmneuron_bench.models.adapter import Component, LoadedModel
+from mmneuron_bench.models.placement import weight
 from mmneuron_bench.neurons.anatomy import llm_component, unembedding
 from mmneuron_bench.neurons.generation import Generation, batched, forced_probabilities, generate
 from mmneuron_bench.neurons.tokens import token_text
@@ -55,7 +56,8 @@ def compute_edit(
         columns = selected[layer].nonzero().flatten()
         if columns.numel() == 0:
             continue
-        original = module.weight[:, columns.to(module.weight.device)].detach().float().cpu()
+        w = weight(module)
+        original = w[:, columns.to(w.device)].float().cpu()
         along = u_s @ original  # [m]: each column's component along û_s
         delta = strength * (u_t - u_s)[:, None] * along[None, :]
         edits.append(ColumnEdit(llm.output_path(layer), columns, original, delta))

@@ -15,10 +15,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from mmneuron_bench.distributed import SINGLE, Processes
 from mmneuron_bench.domains.tasks import Sample, sample_content
 from mmneuron_bench.errors import MMNeuronError
 from mmneuron_bench.models.adapter import Component, LoadedModel
 from mmneuron_bench.models.hooks import forward_hooks
+from mmneuron_bench.models.placement import input_device
 from mmneuron_bench.neurons.anatomy import llm_component
 from mmneuron_bench.neurons.scores import TokenActivations
 
@@ -62,23 +64,21 @@ class _LastPositions:
         store.append(rows[:, -1].detach().clone())
 
     def take(self) -> torch.Tensor:
-        """The stored activations as ``[steps, batch, L, N]``, then forget them."""
+        """The stored activations as ``[steps, batch, L, N]`` (on the first layer's device),
+        then forget them."""
         counts = {len(s) for s in self.steps}
         if len(counts) != 1:
             raise MMNeuronError("the llm activation hooks fired a different number of times")
-        stacked = torch.stack([torch.stack(s) for s in self.steps], dim=2)
+        device = self.steps[0][0].device
+        stacked = torch.stack([torch.stack(s).to(device) for s in self.steps], dim=2)
         for s in self.steps:
             s.clear()
         return stacked
 
 
-def _device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
 def _inputs(loaded: LoadedModel, images: list, questions: list[str]) -> Any:
     inputs = loaded.adapter.build_inputs(loaded.processor, images, questions)
-    return inputs.to(_device(loaded.model)).to(loaded.model.dtype)
+    return inputs.to(input_device(loaded.model)).to(loaded.model.dtype)
 
 
 def _eos_ids(model: nn.Module) -> set[int]:
@@ -102,18 +102,21 @@ def generate(
     batch_size: int = 1,
     activations: TokenActivations | None = None,
     components: Sequence[Component] | None = None,
+    processes: Processes = SINGLE,
 ) -> Iterator[list[Generation]]:
     """Greedy continuations, one list per batch; optionally adds llm activations per token.
 
     ``prompt`` replaces every task question (for captioning); ``None`` keeps the question.
     With ``activations``, ``components`` (the model's resolved components) must be given.
+    With several ``processes`` this one generates its share of the batches
+    (:meth:`Processes.take`), each batch as one process would.
     """
     model = loaded.model
     eos = _eos_ids(model)
     capture = None
     if activations is not None:
         capture = _LastPositions(llm_component(components).modules)
-    for start in range(0, len(samples), batch_size):
+    for start in processes.take(range(0, len(samples), batch_size)):
         batch = samples[start : start + batch_size]
         contents = [sample_content(tasks, s) for s in batch]
         questions = [q if prompt is None else prompt for _, q in contents]
@@ -139,7 +142,7 @@ def generate(
                     f"{len(new[0])} new tokens of {len(batch)} samples"
                 )
             for b, generation in enumerate(generations):
-                activations.add(generation.tokens, steps[: len(generation.tokens), b])
+                activations.add(generation.tokens, steps[: len(generation.tokens), b], start + b)
         yield generations
 
 

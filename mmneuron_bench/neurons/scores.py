@@ -52,12 +52,19 @@ def contribution_scores(
     Only the rows of ``W_U`` of ``tokens`` are read.
     """
     rows = unembed[tokens.to(unembed.device)].float()  # [T, hidden]
-    projection = torch.stack([rows @ w.float() for w in down], dim=1)  # [T, L, N]
+    # A dispatched model's layers may sit on several devices: each product runs on its own.
+    projection = torch.stack(
+        [(rows.to(w.device) @ w.float()).to(rows.device) for w in down], dim=1
+    )  # [T, L, N]
     return mean_activation.to(projection.device, torch.float32) * projection
 
 
 class TokenActivations:
-    """Per generated token: the sum of the llm activations at the positions predicting it."""
+    """Per generated token: the sum of the llm activations at the positions predicting it.
+
+    Processes that add disjoint samples are combined with :meth:`totals` and
+    :meth:`add_totals` (float64 sums of the activations, added per process, then across).
+    """
 
     def __init__(self, info: ComponentInfo, keep: set[int] | None = None):
         self.info = info
@@ -66,8 +73,9 @@ class TokenActivations:
         self.counts: dict[int, int] = {}
         self.samples: dict[int, int] = {}
 
-    def add(self, tokens: Sequence[int], activations: torch.Tensor) -> None:
-        """Add one sample's positions: ``activations[i]`` ``[L, N]`` predicted ``tokens[i]``."""
+    def add(self, tokens: Sequence[int], activations: torch.Tensor, image: int = 0) -> None:
+        """Add one sample's positions: ``activations[i]`` ``[L, N]`` predicted ``tokens[i]``
+        (``image``, the sample's place, does not matter to a mean over every position)."""
         ids = torch.tensor(tokens, dtype=torch.long)
         for token in dict.fromkeys(tokens):
             if self.keep is not None and token not in self.keep:
@@ -80,6 +88,18 @@ class TokenActivations:
                 self.sums[token] = total
             self.counts[token] = self.counts.get(token, 0) + len(rows)
             self.samples[token] = self.samples.get(token, 0) + 1
+
+    def totals(self) -> tuple[dict, dict, dict]:
+        """What :meth:`add_totals` of another process's instance needs (picklable)."""
+        return self.sums, self.counts, self.samples
+
+    def add_totals(self, totals: tuple[dict, dict, dict]) -> None:
+        """Add the :meth:`totals` of an instance that saw other samples."""
+        sums, counts, samples = totals
+        for token, total in sums.items():
+            self.sums[token] = self.sums[token] + total if token in self.sums else total
+            self.counts[token] = self.counts.get(token, 0) + counts[token]
+            self.samples[token] = self.samples.get(token, 0) + samples[token]
 
     def mean(self, token: int) -> torch.Tensor:
         """Mean activation ``[L, N]`` (float64) at the positions that predicted ``token``."""
@@ -137,8 +157,9 @@ def promoted_tokens(
     for layer, columns in sorted(by_layer.items()):
         for start in range(0, len(columns), _NEURON_CHUNK):
             part = columns[start : start + _NEURON_CHUNK]
-            weights = down[layer][:, torch.tensor(part, device=down[layer].device)]
-            logits = unembed @ weights.to(unembed.dtype)  # [vocab, len(part)]
+            weight = down[layer]
+            weights = weight[:, torch.tensor(part, device=weight.device)]
+            logits = unembed @ weights.to(unembed.device, unembed.dtype)  # [vocab, len(part)]
             top = logits.topk(min(n, logits.shape[0]), dim=0).indices.T.cpu()
             for neuron, ids in zip(part, top.tolist(), strict=True):
                 out[(layer, neuron)] = ids
@@ -169,13 +190,32 @@ class FirstOccurrenceRanking:
         self.info, self.down, self.unembed, self.k = info, down, unembed, k
         self.word_starts = word_starts
         self.keep = keep
-        self.per_image: dict[int, list[tuple[int, torch.Tensor, torch.Tensor]]] = {}
+        # (image, position, token, top flat indices, their scores), in the order added
+        self.entries: list[tuple[int, int, int, torch.Tensor, torch.Tensor]] = []
         self.images = 0
 
-    def add(self, tokens: Sequence[int], activations: torch.Tensor) -> None:
-        """One generation: ``activations[i]`` ``[L, N]`` predicted ``tokens[i]``."""
-        image = self.images
-        self.images += 1
+    @property
+    def per_image(self) -> dict[int, list[tuple[int, torch.Tensor, torch.Tensor]]]:
+        """Per token (in the order of first appearance), its ``(image, neurons, scores)``
+        lists in image order."""
+        out: dict[int, list[tuple[int, torch.Tensor, torch.Tensor]]] = {}
+        for image, _, token, flat, scores in sorted(self.entries, key=lambda e: e[:2]):
+            out.setdefault(token, []).append((image, flat, scores))
+        return out
+
+    def totals(self) -> list[tuple]:
+        """What :meth:`add_totals` of another process's instance needs (picklable)."""
+        return self.entries
+
+    def add_totals(self, entries: list[tuple]) -> None:
+        """Add the per-image lists of an instance that saw other images."""
+        self.entries += entries
+
+    def add(self, tokens: Sequence[int], activations: torch.Tensor, image: int | None = None):
+        """One generation: ``activations[i]`` ``[L, N]`` predicted ``tokens[i]``; ``image``
+        is its place among all generations (default: the one after the last added)."""
+        image = self.images if image is None else image
+        self.images = image + 1
         seen: set[int] = set()
         for position, (token, starts) in enumerate(
             zip(tokens, self.word_starts(tokens), strict=True)
@@ -191,18 +231,19 @@ class FirstOccurrenceRanking:
                 .cpu()
             )
             ranked = torch.sort(score, descending=True, stable=True)
-            self.per_image.setdefault(token, []).append(
-                (image, ranked.indices[: self.k], ranked.values[: self.k])
+            self.entries.append(
+                (image, position, token, ranked.indices[: self.k], ranked.values[: self.k])
             )
 
     def top(self, k: int) -> list[TokenNeurons]:
         """Each token's ``k`` neurons most often in its per-image top lists (most frequent
         token first)."""
         width = self.info.width
-        order = sorted(self.per_image, key=lambda t: (-len(self.per_image[t]), t))
+        per_image = self.per_image
+        order = sorted(per_image, key=lambda t: (-len(per_image[t]), t))
         out = []
         for token in order:
-            lists = self.per_image[token]
+            lists = per_image[token]
             count = torch.zeros(self.info.layers * width, dtype=torch.int64)
             total = torch.zeros(self.info.layers * width, dtype=torch.float64)
             for _, flat, scores in lists:

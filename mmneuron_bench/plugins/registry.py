@@ -68,11 +68,16 @@ class PluginRegistry:
         return self.adapters[name].adapter
 
     def adapter_for_config(self, config: Any) -> ModelAdapter:
-        """The first adapter (built-ins first) that handles a transformers config."""
+        """The first adapter (built-ins first) that handles a transformers config; a model
+        that adapter refuses, or that no adapter handles and one refuses, is an error saying
+        why."""
+        kind = getattr(config, "model_type", type(config).__name__)
         for entry in self.adapters.values():
             if entry.adapter.handles(config):
+                reason = entry.adapter.refusal(config)
+                if reason:
+                    raise AdapterError(f"model type {kind!r}: {reason}")
                 return entry.adapter
-        kind = getattr(config, "model_type", type(config).__name__)
         for entry in self.adapters.values():
             reason = entry.adapter.refusal(config)
             if reason:

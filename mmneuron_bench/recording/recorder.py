@@ -1,8 +1,10 @@
 """Forward hooks that count, per neuron, the tokens on which its activation is > 0.
 
-Counts stay on the model's device (int64 counters, float64 sums); activations are never
-copied to the host. Each batch belongs to one domain, and the caller says which positions
-of the batch are real tokens, so padding never counts.
+Counts stay on the device (int64 counters, float64 sums); activations are never copied to the
+host. Each layer's counters live on the device its activations come out on, so a model
+dispatched over several devices counts every shard where it runs; :attr:`active`,
+:attr:`tokens` and :attr:`sum` gather them on the CPU. Each batch belongs to one domain, and
+the caller says which positions of the batch are real tokens, so padding never counts.
 """
 
 from __future__ import annotations
@@ -16,26 +18,70 @@ from mmneuron_bench.models.adapter import Component
 from mmneuron_bench.models.hooks import forward_hooks
 
 
+class _LayerCounters:
+    """One layer's ``active`` [D, N] (int64), ``tokens`` [D] (int64) and ``sum`` [D, N]
+    (float64), kept on one device and moved to another the first time its activations
+    come out there."""
+
+    def __init__(self, n_domains: int, width: int, device: torch.device | str):
+        self.active = torch.zeros(n_domains, width, dtype=torch.int64, device=device)
+        self.tokens = torch.zeros(n_domains, dtype=torch.int64, device=device)
+        self.sum = torch.zeros(n_domains, width, dtype=torch.float64, device=device)
+
+    def on(self, device: torch.device) -> _LayerCounters:
+        if self.active.device != device:
+            self.active, self.tokens, self.sum = (
+                t.to(device) for t in (self.active, self.tokens, self.sum)
+            )
+        return self
+
+
 class ActivationRecorder:
-    """Accumulates `active`, `tokens` and `sum` per domain, layer and neuron."""
+    """Accumulates `active`, `tokens` and `sum` per domain, layer and neuron.
+
+    ``device`` is where the counters start; each layer's move to its activations' device on
+    the first forward (once, before anything is counted there).
+    """
 
     def __init__(self, components: list[Component], n_domains: int, device: torch.device | str):
         self.components = components
-        self.active = {}
-        self.tokens = {}
-        self.sum = {}
-        for c in components:
-            layers, width = c.info.layers, c.info.width
-            self.active[c.name] = torch.zeros(
-                n_domains, layers, width, dtype=torch.int64, device=device
-            )
-            self.tokens[c.name] = torch.zeros(n_domains, layers, dtype=torch.int64, device=device)
-            self.sum[c.name] = torch.zeros(
-                n_domains, layers, width, dtype=torch.float64, device=device
-            )
+        self._layers = {
+            c.name: [_LayerCounters(n_domains, c.info.width, device) for _ in c.modules]
+            for c in components
+        }
         self._domain: int | None = None
         self._positions: dict[str, torch.Tensor | None] = {}
         self._weights: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    @property
+    def active(self) -> dict[str, torch.Tensor]:
+        """Per component, int64 ``[domains, layers, width]`` on the CPU."""
+        return self._gathered("active")
+
+    @property
+    def tokens(self) -> dict[str, torch.Tensor]:
+        """Per component, int64 ``[domains, layers]`` on the CPU."""
+        return self._gathered("tokens")
+
+    @property
+    def sum(self) -> dict[str, torch.Tensor]:
+        """Per component, float64 ``[domains, layers, width]`` on the CPU."""
+        return self._gathered("sum")
+
+    def counter_bytes(self) -> int:
+        """Memory the counters take, on whatever devices they are."""
+        return sum(
+            t.numel() * t.element_size()
+            for layers in self._layers.values()
+            for c in layers
+            for t in (c.active, c.tokens, c.sum)
+        )
+
+    def _gathered(self, what: str) -> dict[str, torch.Tensor]:
+        return {
+            name: torch.stack([getattr(c, what).cpu() for c in layers], dim=1)
+            for name, layers in self._layers.items()
+        }
 
     def set_batch(self, domain: int, positions: dict[str, torch.Tensor | None]) -> None:
         """Declare the domain of the next forward and its real positions per position kind."""
@@ -67,10 +113,11 @@ class ActivationRecorder:
         if f"{kind}@{layer}" in self._positions:  # this layer's own positions
             kind = f"{kind}@{layer}"
         weights, tokens = self._row_weights(kind, values.shape[0], values.device)
-        d, name = self._domain, component.name
-        self.active[name][d, layer] += _row_weighted_sum(weights, (values > 0).float()).long()
-        self.tokens[name][d, layer] += tokens
-        self.sum[name][d, layer] += _row_weighted_sum(weights, values, exact=False).double()
+        d = self._domain
+        counters = self._layers[component.name][layer].on(values.device)
+        counters.active[d] += _row_weighted_sum(weights, (values > 0).float()).long()
+        counters.tokens[d] += tokens
+        counters.sum[d] += _row_weighted_sum(weights, values, exact=False).double()
 
     @contextmanager
     def hooks(self) -> Iterator[ActivationRecorder]:

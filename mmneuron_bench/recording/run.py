@@ -33,6 +33,7 @@ from mmneuron_bench.formats.documents import Documents
 from mmneuron_bench.formats.stats import ActivationStats, stats_mismatch
 from mmneuron_bench.models.adapter import LoadedModel
 from mmneuron_bench.models.loading import model_identity
+from mmneuron_bench.models.placement import input_device
 from mmneuron_bench.recording.recorder import ActivationRecorder
 
 CHECKPOINT_SECONDS = 60.0
@@ -195,7 +196,7 @@ class Recording:
         digest = self.plan.digest(self.model_meta)
         checkpoint = checkpoint_path(out, digest, self.shard)
         stats = _start(out, digest, self.shard, resume, self.empty_stats(), self.planned)
-        device = next(self.loaded.model.parameters()).device
+        device = input_device(self.loaded.model)
         recorder = ActivationRecorder(self.components, len(stats.domains), device)
         last_save = time.monotonic()
         with recorder.hooks():
@@ -222,13 +223,14 @@ class Recording:
         inputs = adapter.build_inputs(
             self.loaded.processor, [c[0] for c in contents], [c[1] for c in contents], paper
         )
-        inputs = inputs.to(next(model.parameters()).device).to(model.dtype)
+        inputs = inputs.to(input_device(model)).to(model.dtype)
         recorder.set_batch(domain, adapter.positions(model, inputs, self.plan.token_scope))
         with torch.inference_mode():
             model(**adapter.forward_kwargs(inputs))
 
     def _fold(self, recorder: ActivationRecorder, stats: ActivationStats) -> ActivationStats:
         """``stats`` (counts before this run) plus what the recorder has counted since."""
+        active, tokens, sums = recorder.active, recorder.tokens, recorder.sum
         return ActivationStats(
             prompt=stats.prompt,
             unused=stats.unused,
@@ -238,7 +240,7 @@ class Recording:
             model=stats.model,
             token_scope=stats.token_scope,
             samples=dict(stats.samples),
-            active={c: stats.active[c] + recorder.active[c].cpu() for c in stats.components},
-            tokens={c: stats.tokens[c] + recorder.tokens[c].cpu() for c in stats.components},
-            sum={c: stats.sum[c] + recorder.sum[c].cpu() for c in stats.components},
+            active={c: stats.active[c] + active[c] for c in stats.components},
+            tokens={c: stats.tokens[c] + tokens[c] for c in stats.components},
+            sum={c: stats.sum[c] + sums[c] for c in stats.components},
         )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from mmneuron_bench.synthetic.drawing import SCALE, canvas, finish, jitter, vertical_gradient
 from mmneuron_bench.synthetic.questions import Question
@@ -53,12 +53,8 @@ def _color(rng: random.Random, name: str | None = None) -> tuple[int, int, int]:
     return jitter(rng, OBJECT_COLORS[name or rng.choice(tuple(OBJECT_COLORS))], 18)
 
 
-def draw(rng: random.Random, question: int, answer: str) -> Image.Image:
-    """The scene for one sample whose ``question`` (index into QUESTIONS) has ``answer``.
-
-    Counting scenes hold 1-3 smaller objects in separate thirds of the width; the others
-    one large object, whose colour and side the questions ask about.
-    """
+def scene(rng: random.Random) -> tuple[Image.Image, ImageDraw.ImageDraw, int]:
+    """The empty scene (sky, ground, hills) on a canvas, its drawing context and horizon row."""
     horizon = rng.randint(10, 18)
     image, d = canvas((0, 0, 0))
     vertical_gradient(
@@ -71,6 +67,16 @@ def draw(rng: random.Random, question: int, answer: str) -> Image.Image:
         jitter(rng, (60, 90, 40), 10),
     )
     _hills(rng, d, horizon)
+    return image, d, horizon
+
+
+def draw(rng: random.Random, question: int, answer: str) -> Image.Image:
+    """The scene for one sample whose ``question`` (index into QUESTIONS) has ``answer``.
+
+    Counting scenes hold 1-3 smaller objects in separate thirds of the width; the others
+    one large object, whose colour and side the questions ask about.
+    """
+    image, d, horizon = scene(rng)
     if question == 1:
         for third in sorted(rng.sample(range(3), int(answer))):
             r = rng.uniform(3.5, 4.2)

@@ -41,8 +41,11 @@ CHAT_WORDS = ("user", "assistant", ":")
 
 
 def vocabulary() -> tuple[str, ...]:
-    """The words the tokenizer knows: the chat template's and every synthetic Q and A word."""
-    words = set()
+    """The words the tokenizer knows: the chat template's, every synthetic Q and A word and
+    the context task's words (its hints)."""
+    from mmneuron_bench.synthetic.context import words as context_words
+
+    words = context_words()
     for domain in DOMAINS:
         for question in questions(domain):
             words.update(question.text.split())
@@ -141,3 +144,32 @@ def accuracy_by_domain(
             correct += sum(map(is_correct, predictions, rows["answer"]))
         accuracy[domain] = correct / len(data)
     return accuracy
+
+
+def context_accuracy(
+    model: Any, processor: Any, split: str = "eval", limit: int | None = None, batch: int = 120
+) -> dict[str, float]:
+    """Exact-match accuracy per condition of the context task (the first ``limit`` samples
+    of ``split``), and ``conflict_image``: how often a conflict is answered with the image's
+    colour instead of the hint's."""
+    from mmneuron_bench.synthetic.context import CONDITIONS, load_context_split
+    from mmneuron_bench.synthetic.scoring import is_correct
+
+    data = load_context_split(split)
+    data = data.select(range(min(limit, len(data)))) if limit is not None else data
+    correct = dict.fromkeys(CONDITIONS, 0)
+    totals = dict.fromkeys(CONDITIONS, 0)
+    image = 0
+    for start in range(0, len(data), batch):
+        rows = data[start : start + batch]
+        predictions = answer(model, processor, rows["image"], rows["prompt"])
+        for said, gold, seen, condition in zip(
+            predictions, rows["answer"], rows["image_answer"], rows["condition"], strict=True
+        ):
+            totals[condition] += 1
+            correct[condition] += is_correct(said, gold)
+            image += condition == "conflict" and is_correct(said, seen)
+    out = {c: correct[c] / totals[c] for c in CONDITIONS if totals[c]}
+    if totals["conflict"]:
+        out["conflict_image"] = image / totals["conflict"]
+    return out

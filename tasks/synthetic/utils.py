@@ -25,3 +25,23 @@ def doc_to_text(doc, lmms_eval_specific_kwargs=None):
 
 def process_results(doc, results):
     return {"exact_match": float(is_correct(results[0], doc["answer"]))}
+
+
+def process_context_docs(dataset):
+    from mmneuron_bench.synthetic.context import load_context_split
+
+    splits = set(dataset["split"])
+    if len(splits) != 1:
+        raise ValueError(f"one context task lists one split, not {splits}")
+    return load_context_split(splits.pop()).select(dataset["index"])
+
+
+def context_doc_to_text(doc, lmms_eval_specific_kwargs=None):
+    return doc["prompt"]
+
+
+def process_conflict_results(doc, results):
+    return {
+        "exact_match": float(is_correct(results[0], doc["answer"])),
+        "image_match": float(is_correct(results[0], doc["image_answer"])),
+    }

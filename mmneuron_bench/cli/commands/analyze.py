@@ -29,6 +29,7 @@ from mmneuron_bench.cli.options import (
     task_options,
 )
 from mmneuron_bench.console import progress
+from mmneuron_bench.distributed import processes
 from mmneuron_bench.formats.atomic import all_or_nothing
 from mmneuron_bench.interventions.targets import MODULE_SETS, choose_module_sets
 
@@ -118,14 +119,25 @@ def deviation(
     modules, left_out = choose_module_sets(
         modules, "modules" in given_options(ctx, ("modules",)), preset, model.adapter()
     )
+    group = processes()
     outputs = ["deviation.json", "deviation.csv"]
     loaded, mask, tasks, domains, transfers = _prepare(
-        model, task_specs, include_paths, domain, mask_path, output, outputs, allow_other_model
+        model,
+        task_specs,
+        include_paths,
+        domain,
+        mask_path,
+        output,
+        outputs,
+        allow_other_model,
+        group,
     )
-    with _progress(tasks, domains, limit) as advance:
+    with _progress(tasks, domains, limit, group) as advance:
         rows = measure_deviation(
-            loaded, tasks, domains, mask, modules, seeds, limit, on_sample=advance
+            loaded, tasks, domains, mask, modules, seeds, limit, advance, group
         )
+    if not group.main:
+        return
     header = {
         "model": model_identity(loaded, model.pretrained),
         "mask": file_reference(mask_path),
@@ -192,14 +204,25 @@ def logit_lens(
             raise click.UsageError(f"--{option} needs --mask")
     else:
         modules, _ = choose_module_sets(modules, True, preset, model.adapter())
+    group = processes()
     outputs = ["logit_lens.json", "logit_lens.csv", "logit_lens.png"]
     loaded, mask, tasks, domains, transfers = _prepare(
-        model, task_specs, include_paths, domain, mask_path, output, outputs, allow_other_model
+        model,
+        task_specs,
+        include_paths,
+        domain,
+        mask_path,
+        output,
+        outputs,
+        allow_other_model,
+        group,
     )
-    with _progress(tasks, domains, limit) as advance:
+    with _progress(tasks, domains, limit, group) as advance:
         results = measure_logit_lens(
-            loaded, tasks, domains, mask, modules[0], limit, chunk_size, on_sample=advance
+            loaded, tasks, domains, mask, modules[0], limit, chunk_size, advance, group
         )
+    if not group.main:
+        return
     header = {
         "model": model_identity(loaded, model.pretrained),
         "mask": None if mask_path is None else file_reference(mask_path),
@@ -222,10 +245,11 @@ def _left_out_notes(left_out: dict[str, str]) -> None:
 
 
 def _prepare(
-    model: ModelChoice, task_specs, include_paths, domain, mask_path, output, outputs, allow
+    model: ModelChoice, task_specs, include_paths, domain, mask_path, output, outputs, allow, group
 ):
     """Check the mask (its model too), the tasks and their domains, and the output files
-    (cheap), then load the model. Tags and groups stand for their tasks."""
+    (cheap), then load the model (on this process's device among ``group``). Tags and groups
+    stand for their tasks."""
     from mmneuron_bench.domains.tasks import load_tasks
     from mmneuron_bench.formats.mask import NeuronMask
     from mmneuron_bench.interventions.mask import check_mask_model
@@ -243,16 +267,18 @@ def _prepare(
         skeleton, components = model_skeleton(model)
         what = (f"--mask {mask_path}", "")
         transfers = check_mask_model(skeleton, components, mask, None, allow, what)
-    return model.load(), mask, tasks, domains, transfers
+    return model.load(group), mask, tasks, domains, transfers
 
 
 @contextmanager
-def _progress(tasks, domains: dict, limit: int | None):
-    """A progress bar over every sample of every task, on stderr; yields its advance()."""
+def _progress(tasks, domains: dict, limit: int | None, group):
+    """A progress bar over the samples of every task this process measures, on stderr;
+    yields its advance()."""
     from mmneuron_bench.analysis.inputs import count_samples
 
     with progress() as bars:
-        bar = bars.add_task("analysing", total=count_samples(tasks, list(domains), limit))
+        total = sum(len(group.take(range(count_samples(tasks, [name], limit)))) for name in domains)
+        bar = bars.add_task("analysing", total=total)
 
         def advance(task: str) -> None:
             bars.update(bar, advance=1, description=task)

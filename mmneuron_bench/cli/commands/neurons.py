@@ -26,6 +26,7 @@ from mmneuron_bench.cli.options import (
     task_names,
 )
 from mmneuron_bench.console import print_table, progress
+from mmneuron_bench.distributed import SINGLE, launched_processes, processes
 from mmneuron_bench.errors import MMNeuronError
 from mmneuron_bench.formats.atomic import all_or_nothing
 from mmneuron_bench.formats.outputs import write_json
@@ -140,10 +141,10 @@ class DataOptions:
         )
 
 
-def _load(model: ModelChoice):
+def _load(model: ModelChoice, group=None):
     from mmneuron_bench.models.loading import model_identity
 
-    loaded = model.load()
+    loaded = model.load(group)
     return loaded, loaded.adapter.resolve(loaded.model), model_identity(loaded, model.pretrained)
 
 
@@ -163,15 +164,20 @@ def _tokenizer(model: ModelChoice):
     return load_processor(model.pretrained, model.adapter()).tokenizer
 
 
-def _generate(loaded, components, tasks: dict, data: Data, batch_size: int, activations=None):
-    """The greedy generation of each sample of the (loaded) tasks."""
+def _generate(
+    loaded, components, tasks: dict, data: Data, batch_size: int, activations=None, group=SINGLE
+):
+    """The greedy generation of each sample of the (loaded) tasks (each process of ``group``
+    generating its share of the batches; all get every generation, in order)."""
     from mmneuron_bench.domains.tasks import domain_samples
     from mmneuron_bench.neurons.generation import generate
 
     samples = domain_samples(tasks, list(tasks), data.limit)
-    generations = []
+    mine = []
     with progress() as bars:
-        bar = bars.add_task("generating", total=len(samples))
+        starts = group.take(range(0, len(samples), batch_size))
+        total = sum(len(samples[s : s + batch_size]) for s in starts)
+        bar = bars.add_task("generating", total=total)
         for batch in generate(
             loaded,
             tasks,
@@ -181,10 +187,11 @@ def _generate(loaded, components, tasks: dict, data: Data, batch_size: int, acti
             batch_size,
             activations,
             components,
+            group,
         ):
-            generations += batch
+            mine.append(batch)
             bars.advance(bar, len(batch))
-    return generations
+    return [g for batch in group.in_order(mine) for g in batch]
 
 
 def _load_neurons(path: Path):
@@ -268,7 +275,8 @@ def find(
             if not ids:
                 raise MMNeuronError(f"--token {word!r} is no token at all")
             keep.update(ids)
-    loaded, components, model_meta = _load(model)
+    group = processes()
+    loaded, components, model_meta = _load(model, group)
     tokenizer = loaded.processor.tokenizer
     llm = llm_component(components)
     down = down_weights(llm)
@@ -278,7 +286,12 @@ def find(
         activations = FirstOccurrenceRanking(llm.info, down, unembed, top_k, starts, keep)
     else:
         activations = TokenActivations(llm.info, keep)
-    generations = _generate(loaded, components, tasks, data, batch_size, activations)
+    generations = _generate(loaded, components, tasks, data, batch_size, activations, group)
+    parts = group.gather(activations.totals())
+    if parts is None:  # another process than the main one: the main one writes
+        return
+    for part in parts[1:]:
+        activations.add_totals(part)
     found = (
         activations.top(top_k) if aggregate == "paper" else activations.top(top_k, down, unembed)
     )
@@ -438,12 +451,15 @@ def ablate(
     )
     tokenizer = _tokenizer(model) if words else None
     domains = [resolve_token(mask, tokenizer, w) for w in words] if words else mask.domains
-    loaded, components, model_meta = _load(model)
-    generations = _generate(loaded, components, tasks, data, batch_size)
+    group = processes()
+    loaded, components, model_meta = _load(model, group)
+    generations = _generate(loaded, components, tasks, data, batch_size, group=group)
     results = run_ablation(
         loaded, components, tasks, generations, mask, list(dict.fromkeys(domains)), draws, seed,
-        batch_size, method, sigma or 0.0, model_meta,
+        batch_size, method, sigma or 0.0, model_meta, group,
     )  # fmt: skip
+    if not group.main:
+        return
     missing = sorted(set(domains) - {r.domain for r in results})
     print_table(_ablation_table(mask, results, draws, seed, method, sigma))
     if missing:
@@ -542,6 +558,8 @@ def edit(
     from mmneuron_bench.neurons.neurons_file import check_contribution_mask
     from mmneuron_bench.neurons.tokens import resolve_token, single_token
 
+    if launched_processes() > 1:
+        raise MMNeuronError("neurons edit runs in one process: start it without accelerate launch")
     mask = _load_neurons(neurons_path)
     if report is None:
         check_outputs([out], [neurons_path, *model_inputs(model)])

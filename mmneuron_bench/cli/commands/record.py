@@ -14,26 +14,8 @@ from mmneuron_bench.cli.options import (
     preset_option,
 )
 from mmneuron_bench.console import print_table, progress
-from mmneuron_bench.formats.stats import ActivationStats, merge, summary_table
-
-
-def _distributed_shard():
-    """This process's shard under ``accelerate launch`` (a single shard otherwise)."""
-    from accelerate import PartialState
-
-    from mmneuron_bench.recording.run import Shard
-
-    state = PartialState()
-    return state, Shard(state.process_index, state.num_processes)
-
-
-def _all_reduce(stats: ActivationStats) -> ActivationStats:
-    """Sum every process's counts (each process recorded a disjoint shard)."""
-    import torch.distributed as dist
-
-    gathered = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, stats)
-    return merge(gathered)
+from mmneuron_bench.distributed import processes
+from mmneuron_bench.formats.stats import merge, summary_table
 
 
 def _check_token_scope(model: ModelChoice, token_scope: str) -> None:
@@ -91,7 +73,13 @@ def record(
     pre- and post-prompt); --preset paper records the papers' bare '<image>\\n{question}'.
     A task may be an lmms-eval tag or group: its tasks are recorded.
     """
-    from mmneuron_bench.recording.run import Recording, RecordPlan, plan_samples
+    from mmneuron_bench.recording.run import (
+        Recording,
+        RecordPlan,
+        Shard,
+        checkpoint_path,
+        plan_samples,
+    )
 
     prompt = "paper" if preset == "paper" else "default"
     plan = RecordPlan(
@@ -104,26 +92,24 @@ def record(
     )
     check_outputs([out], [*model_inputs(model), *task_inputs(include_paths)])
     _check_token_scope(model, token_scope)
-    state, shard = _distributed_shard()
+    group = processes()
+    shard = Shard(group.rank, group.world)
     planned = plan_samples(plan, shard)  # task names and data, before the model loads
-    on_cuda = shard.world > 1 and model.device.startswith("cuda")
-    loaded = model.load(device=str(state.device) if on_cuda else None)
+    loaded = model.load(group)
     recording = Recording(loaded, plan, shard, planned)
     total = sum(len(s) for s in recording.samples.values())
-    with progress(disable=shard.rank != 0) as bars:
+    with progress() as bars:
         bar = bars.add_task("recording", total=total)
 
         def advance(domain: str, n: int) -> None:
             bars.update(bar, advance=n, description=domain)
 
         stats = recording.run(out, batch_size=batch_size, resume=resume, on_batch=advance)
-    if shard.world > 1:
-        stats = _all_reduce(stats)
-    if shard.rank == 0:
+    if group.world > 1:  # every process recorded a disjoint share
+        stats = merge(group.all_gather(stats))
+    if group.main:
         stats.save(out)
         print_table(summary_table(stats, "recorded"))
         click.echo(f"wrote {out}")
-    state.wait_for_everyone()
-    from mmneuron_bench.recording.run import checkpoint_path
-
+    group.wait()
     checkpoint_path(out, plan.digest(recording.model_meta), shard).unlink(missing_ok=True)

@@ -33,6 +33,7 @@ from mmneuron_bench.cli.options import (
     task_options,
 )
 from mmneuron_bench.console import print_table, progress
+from mmneuron_bench.distributed import processes
 from mmneuron_bench.errors import MMNeuronError
 from mmneuron_bench.formats.outputs import file_reference
 from mmneuron_bench.interventions.targets import MODULE_SETS, choose_module_sets
@@ -218,6 +219,7 @@ def run(
     from mmneuron_bench.formats.mask import NeuronMask
     from mmneuron_bench.formats.stats import ActivationStats
     from mmneuron_bench.lmms import workarounds
+    from mmneuron_bench.lmms.devices import check_dispatchable
     from mmneuron_bench.lmms.evaluate import lmms_eval_logs_to_stderr
     from mmneuron_bench.lmms.grid import grid_tasks
     from mmneuron_bench.lmms.model import interventions_from_args, pick_base
@@ -229,8 +231,10 @@ def run(
     modules_given = "modules" in given_options(ctx, ("modules",))
     manager = task_manager(names, include_paths, base_name)
     # Tags and groups expanded; each task's data read and counted before the model loads.
-    tasks = load_tasks(names, include_paths, manager)
     base_cls = workarounds.import_base(base_name)  # a chat base takes generation tasks only
+    if model.device == "auto":
+        check_dispatchable(base_name, base_cls)
+    tasks = load_tasks(names, include_paths, manager)
     workarounds.check_chat_tasks(
         base_name, getattr(base_cls, "is_simple", True), list(tasks), manager
     )
@@ -254,16 +258,22 @@ def run(
     }
     if preset != "default":
         settings["preset"] = preset
+    group = processes()
+    settings.update(_launch_settings(model, group))
     model_args = {
         "base": base_name,
         "adapter": model.adapter_name,
         "pretrained": model.pretrained,
-        "device": model.device,
+        "device": group.device(model.device),
         "dtype": model.dtype,
         "batch_size": batch_size,
     }
     if allow_other_model:
         settings["allow_other_model"] = model_args["allow_other_model"] = True
+    if model.max_memory is not None:
+        model_args["max_memory"] = model.max_memory
+    if model.offload_folder is not None:
+        model_args["offload_folder"] = model.offload_folder
     given = dict(plugin_args)
     if edit is not None:
         given["edit"] = os.fspath(edit)
@@ -287,7 +297,7 @@ def run(
         grid_files = (neuron_mask, mean_stats, task_domains, (f"--mask {mask}", f"--stats {stats}"))
         _check_models(model, built, grid_files, allow_other_model, settings)
         grid_args = (mask, neuron_mask, stats, mean_stats, columns, baseline, rows, random_seeds)
-        _run_grid(manager, tasks, model_args, built, grid_args, settings, output)
+        _run_grid(manager, tasks, model_args, built, grid_args, settings, output, group)
         return
     modules, _ = choose_module_sets(modules, mask is not None, preset, adapter)
     settings["modules"] = modules[0]
@@ -300,7 +310,7 @@ def run(
         task_domains = list(domain.resolve(tasks, masking.mask.domains).values())
         mask_files = (masking.mask, masking.stats, task_domains, None)
     _check_models(model, built, mask_files, allow_other_model, settings)
-    _run_once(manager, names, model_args, built, (mask, stats), settings, output)
+    _run_once(manager, names, model_args, built, (mask, stats), settings, output, group)
 
 
 def _check_run_folder(output: Path, grid: bool) -> None:
@@ -340,17 +350,33 @@ def _check_models(model: ModelChoice, built, mask_files, allow: bool, settings: 
         settings["other_model"] = transfers
 
 
-def _run_once(manager, names, model_args, built, files, settings, output: Path) -> None:
+def _launch_settings(model: ModelChoice, group) -> dict:
+    """The settings that say how the run was launched, where they differ from one process on
+    one device: the number of processes, and ``--device auto``'s memory and offload folder.
+    They change nothing in the results (a grid resumes whatever they are)."""
+    settings: dict = {}
+    if group.world > 1:
+        settings["processes"] = group.world
+    if model.max_memory is not None:
+        settings["max_memory"] = {str(k): v for k, v in model.max_memory.items()}
+    if model.offload_folder is not None:
+        settings["offload_folder"] = model.offload_folder
+    return settings
+
+
+def _run_once(manager, names, model_args, built, files, settings, output: Path, group) -> None:
     from mmneuron_bench.lmms.evaluate import evaluate, provenance, write_run
     from mmneuron_bench.lmms.model import MMNeuronLMM
 
-    lm = MMNeuronLMM(**model_args, interventions=built)
+    lm = MMNeuronLMM(**model_args, interventions=built, split_requests=True)
     with progress("requests") as bars:
         bar = bars.add_task("evaluating", total=None)
         lm.on_progress = lambda done, total: bars.update(bar, completed=done, total=total)
         results = evaluate(
             lm, names, manager, settings["limit"], settings["seed"], settings["batch_size"]
         )
+    if not group.main:  # every process has the results; the main one writes them
+        return
     mask_path, stats_path = files
     record = provenance(lm, settings, mask_path, stats_path, results["configs"])
     written = write_run(output, results, record)
@@ -375,7 +401,8 @@ def _check_grid_settings(output: Path, settings: dict, stats: Path | None) -> No
     except (OSError, ValueError, AttributeError, TypeError) as exc:
         raise MMNeuronError(f"{path}: not a readable provenance file ({exc})") from None
     now = {**settings, "stats": None if stats is None else file_reference(stats)}
-    for key in sorted((set(before) | set(now)) - {"device", "batch_size"}):
+    launch = {"device", "batch_size", "processes", "max_memory", "offload_folder"}
+    for key in sorted((set(before) | set(now)) - launch):
         if _comparable(key, before.get(key)) != _comparable(key, now.get(key)):
             raise MMNeuronError(
                 f"{output} holds a grid run with other settings ({key}: {before.get(key)!r}, "
@@ -395,7 +422,7 @@ def _comparable(key: str, value):
     return value
 
 
-def _run_grid(manager, tasks, model_args, built, grid_args, settings, output: Path) -> None:
+def _run_grid(manager, tasks, model_args, built, grid_args, settings, output: Path, group) -> None:
     from mmneuron_bench.formats.outputs import write_json
     from mmneuron_bench.lmms.evaluate import evaluate, provenance
     from mmneuron_bench.lmms.grid import (
@@ -411,18 +438,43 @@ def _run_grid(manager, tasks, model_args, built, grid_args, settings, output: Pa
     mask, neuron_mask, stats, activation_stats, columns, baseline, module_sets, seeds = grid_args
     names = list(tasks)  # the grid's columns: tags and groups expanded to their tasks
     _check_grid_settings(output, settings, stats)
-    lm = MMNeuronLMM(**model_args, interventions=built)
-    header = grid_header(lm.identity(), file_reference(mask), baseline, columns, module_sets, seeds)
+    # Per-document interventions (FastMem) are rows of their own, not on in every cell.
+    extras = [i for i in built if i.per_document]
+    lm = MMNeuronLMM(
+        **model_args,
+        interventions=[i for i in built if not i.per_document],
+        split_requests=True,
+    )
+    for extra in extras:
+        lm.interventions.add(extra)  # checked against the model before any cell runs
+        lm.interventions.remove(extra.kind)
+    header = grid_header(
+        lm.identity(),
+        file_reference(mask),
+        baseline,
+        columns,
+        module_sets,
+        seeds,
+        [e.kind for e in extras],
+    )
     done = len(load_cells(output, header))
+    group.wait()  # every process has read the folder before the main one writes to it
     new_folder = not output.exists()
-    output.mkdir(parents=True, exist_ok=True)
     configs = {name: task.dump_config() for name, task in tasks.items()}
-    plan = plan_cells(module_sets, names, baseline, random_seeds(header, settings["seed"]))
+    plan = plan_cells(
+        module_sets,
+        names,
+        baseline,
+        random_seeds(header, settings["seed"]),
+        header.get("extra_rows", []),
+    )
     total = len(plan)
     if done:
         click.echo(f"resuming: {done} of {total} cells already in {output / 'grid.json'}", err=True)
     try:
-        write_json(output / "provenance.json", provenance(lm, settings, mask, stats, configs))
+        if group.main:
+            output.mkdir(parents=True, exist_ok=True)
+            write_json(output / "provenance.json", provenance(lm, settings, mask, stats, configs))
         with progress("cells") as bars:
             bar = bars.add_task("grid", total=total, completed=done)
 
@@ -441,13 +493,18 @@ def _run_grid(manager, tasks, model_args, built, grid_args, settings, output: Pa
                 mode=settings["mode"],
                 stats=activation_stats,
                 on_cell=advance,
+                extras=extras,
+                processes=group,
             )
     except BaseException:
-        if not (output / "grid.json").exists():  # no cell written: nothing to resume from
+        # No cell written: nothing to resume from.
+        if group.main and not (output / "grid.json").exists():
             (output / "provenance.json").unlink(missing_ok=True)
             if new_folder and not any(output.iterdir()):
                 output.rmdir()
         raise
+    if not group.main:
+        return
     for table in grid_tables(header, cells, settings["seed"]):
         print_table(table)
     for module_set, reason in settings.get("module_sets_left_out", {}).items():
