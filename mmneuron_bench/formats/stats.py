@@ -4,9 +4,9 @@ Counts are additive, so files recorded over disjoint samples (shards, GPUs) merg
 Loading validates everything; every problem is a one-line `FileFormatError` naming the file.
 
 Optional metadata, added without a new format version (older readers ignore it; files
-without it still load): ``prompt``, ``unused_layers`` (0.2), and ``documents`` (0.3): per
-domain, per task, the ids of the documents counted, as ranges (``{"common": {"vqav2":
-"0-999"}}``, :mod:`mmneuron_bench.formats.documents`), so that merging refuses documents
+without it still load; release 0.1.0 wrote none of them): ``prompt``, ``unused_layers``, and
+``documents``: per domain, per task, the ids of the documents counted, as ranges
+(``{"common": {"vqav2": "0-999"}}``, :mod:`mmneuron_bench.formats.documents`), so that merging refuses documents
 counted twice. ``None`` in memory for files that do not say.
 """
 
@@ -213,7 +213,7 @@ def stats_mismatch(
 
 
 def _parse_documents(meta: dict[str, str], path: Path, samples: object) -> Documents | None:
-    """The optional ``documents`` metadata (None for files written before 0.3)."""
+    """The optional ``documents`` metadata (None for files written by 0.1.0)."""
     if "documents" not in meta:
         return None
     found = meta_json(meta, "documents", path)

@@ -50,7 +50,7 @@ def merge_files(paths: list[Path]) -> ActivationStats:
         verb = "does" if len(unknown) == 1 else "do"
         click.echo(
             f"warning: {', '.join(unknown)} {verb} not record which documents were counted "
-            "(written before 0.3), so merge cannot check that none is counted twice",
+            "(written by release 0.1.0), so merge cannot check that none is counted twice",
             err=True,
         )
     return merged
