@@ -16,51 +16,28 @@ from launch import launch_two
 
 from mmneuron_bench.cli import build_cli
 from mmneuron_bench.formats.mask import NeuronMask
-from mmneuron_bench.models.identity import identity_of
-from mmneuron_bench.models.loading import resolve_components
-from mmneuron_bench.testing import write_tiny_task
+from mmneuron_bench.testing import write_random_mask, write_tiny_task
 
 pytestmark = pytest.mark.slow  # starts processes
 
 TASKS = ("dp_common_shapes", "dp_medical_scans")
 LIMIT = 3
-# A score that moves with every change of an answer, so equal grids mean equal answers.
-SCORING = """
-import zlib
-
-
-def process_results(doc, results):
-    return {"score": zlib.crc32(results[0].strip().encode()) / 2**32}
-"""
 
 
 @pytest.fixture(scope="module")
 def task_dir(tmp_path_factory) -> Path:
+    """Tasks scored by a hash of the answer: equal scores mean equal answers."""
     root = tmp_path_factory.mktemp("dp_tasks")
     for seed, name in enumerate(TASKS):
-        folder = write_tiny_task(root, name, n_docs=4, seed=seed)
-        utils = folder / "utils.py"
-        text = utils.read_text()
-        utils.write_text(text[: text.index("def process_results")] + SCORING.lstrip())
-        yaml = folder / f"{name}.yaml"
-        yaml.write_text(yaml.read_text().replace("metric: exact_match", "metric: score"))
+        write_tiny_task(root, name, n_docs=4, seed=seed, metric="answer_hash")
     return root
 
 
 @pytest.fixture(scope="module")
 def mask_path(tiny_llava_next, tmp_path_factory) -> Path:
     """Domains common and medical, 30 % of every component's neurons each."""
-    _, components = resolve_components(str(tiny_llava_next), None)
-    infos = {c.name: c.info for c in components}
-    generator = torch.Generator().manual_seed(4)
-    masks = {
-        (d, c): torch.rand(i.layers, i.width, generator=generator) < 0.3
-        for d in ("common", "medical")
-        for c, i in infos.items()
-    }
-    model = identity_of(str(tiny_llava_next))
     path = tmp_path_factory.mktemp("dp_mask") / "m.mask.safetensors"
-    NeuronMask(["common", "medical"], infos, model, "dape", {}, None, masks).save(path)
+    write_random_mask(tiny_llava_next, path, seed=4)
     return path
 
 

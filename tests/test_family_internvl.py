@@ -4,7 +4,6 @@ InternVL3 style (Qwen2 LLM), mixture-of-experts refused, the chat-only lmms-eval
 from __future__ import annotations
 
 import json
-import textwrap
 
 import pytest
 import torch
@@ -89,31 +88,13 @@ def test_a_mixture_of_experts_llm_is_refused_in_one_line(tmp_path):
     assert "Traceback" not in result.output
 
 
-MC_YAML = """\
-task: iv_mc
-dataset_path: parquet
-dataset_kwargs:
-  data_files:
-    test: data.parquet
-test_split: test
-output_type: multiple_choice
-doc_to_visual: !function utils.doc_to_visual
-doc_to_text: !function utils.doc_to_text
-doc_to_choice: ["yes", "no", "red", "blue", "2"]
-doc_to_target: answer
-metric_list:
-  - metric: acc
-"""
-
-
 def test_internvl_hf_is_a_chat_model_that_cannot_take_loglikelihood_tasks(
     tiny_checkpoint_dir, tmp_path, monkeypatch
 ):
     """The wrapper takes internvl_hf's chat class and its request format; a multiple-choice
     task is refused up front, naming the task and the base (lmms-eval asserts otherwise);
     ``run`` refuses it before loading the model."""
-    folder = write_tiny_task(tmp_path, "iv_mc", n_docs=2, seed=4)
-    (folder / "iv_mc.yaml").write_text(textwrap.dedent(MC_YAML))
+    write_tiny_task(tmp_path, "iv_mc", n_docs=2, seed=4, multiple_choice=True)
     path = tiny_checkpoint_dir["internvl"]
     lm = MMNeuronLMM(pretrained=str(path), device="cpu", dtype="float32")
     assert lm.base_name == "internvl_hf" and lm.is_simple is False

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import json
 import shutil
-import textwrap
 
 import pytest
 import torch
+from choices import choice_nll
 from click.testing import CliRunner
 
 from mmneuron_bench.cli import build_cli
@@ -22,6 +22,7 @@ from mmneuron_bench.models.loading import load_model
 from mmneuron_bench.recording.recorder import ActivationRecorder
 from mmneuron_bench.testing import tiny_image, write_tiny_task
 from mmneuron_bench.testing.families.llava_onevision import IMAGE_ID, OFFICIAL_CHAT_TEMPLATE
+from mmneuron_bench.testing.tasks import ANSWERS
 
 PATCHES = 16  # 4 x 4 patches of 8 pixels per 32-pixel crop
 
@@ -110,42 +111,12 @@ def test_llava_hf_gets_a_template_that_reads_string_content(tiny_checkpoint_dir)
     assert given["chat_template"] == "{{ 'x' }}"
 
 
-MC_YAML = """\
-task: ov_mc
-dataset_path: parquet
-dataset_kwargs:
-  data_files:
-    test: data.parquet
-test_split: test
-output_type: multiple_choice
-doc_to_visual: !function utils.doc_to_visual
-doc_to_text: !function utils.doc_to_text
-doc_to_choice: ["yes", "no", "red", "blue", "2"]
-doc_to_target: answer
-metric_list:
-  - metric: acc
-"""
-
-
-def _choice_nll(processor, model, image, context: str, choice: str) -> float:
-    """Independent scoring: the processor on the whole text, the NLL of the choice's tokens."""
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": context}]}]
-    prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
-    whole = processor(images=[image], text=[prompt + choice], return_tensors="pt")
-    tokenizer = processor.tokenizer
-    k = len(tokenizer(prompt + choice).input_ids) - len(tokenizer(prompt).input_ids)
-    with torch.no_grad():
-        logits = model(**whole).logits[0].double().log_softmax(-1)
-    ids = whole["input_ids"][0]
-    n = ids.shape[0]
-    return -sum(float(logits[n - k - 1 + i, ids[n - k + i]]) for i in range(k))
-
-
 def test_multiple_choice_through_llava_hf_is_scored_by_the_adapter(
     onevision, tiny_checkpoint_dir, tmp_path
 ):
-    folder = write_tiny_task(tmp_path, "ov_mc", n_docs=2, seed=4, image_sizes=((64, 32),))
-    (folder / "ov_mc.yaml").write_text(textwrap.dedent(MC_YAML))
+    write_tiny_task(
+        tmp_path, "ov_mc", n_docs=2, seed=4, image_sizes=((64, 32),), multiple_choice=True
+    )
     path = tiny_checkpoint_dir["llava_onevision"]
     lm = MMNeuronLMM(pretrained=str(path), device="cpu")
     manager = task_manager(["ov_mc"], [str(tmp_path)], lm.base_name)
@@ -154,8 +125,8 @@ def test_multiple_choice_through_llava_hf_is_scored_by_the_adapter(
         doc = lm.task_dict["ov_mc"]["test"][sample["doc_id"]]
         image = doc["image"].convert("RGB")
         expected = [
-            _choice_nll(onevision.processor, onevision.model, image, doc["question"], f" {c}")
-            for c in ("yes", "no", "red", "blue", "2")
+            choice_nll(onevision.processor, onevision.model, image, doc["question"], f" {c}")
+            for c in ANSWERS
         ]
         got = [nll for nll, _greedy in sample["filtered_resps"]]
         assert got == pytest.approx(expected, rel=1e-5)

@@ -33,9 +33,8 @@ from mmneuron_bench.interventions.kinds import build_fastmem
 from mmneuron_bench.interventions.mask import Deactivation
 from mmneuron_bench.lmms.evaluate import evaluate
 from mmneuron_bench.lmms.model import MMNeuronLMM
-from mmneuron_bench.models.identity import identity_of
-from mmneuron_bench.models.loading import load_model, resolve_components
-from mmneuron_bench.testing import tiny_image, write_tiny_task
+from mmneuron_bench.models.loading import load_model
+from mmneuron_bench.testing import tiny_image, write_random_mask, write_tiny_task
 from mmneuron_bench.testing.families import families
 
 TASK, CHOICE_TASK = "fm_common_shapes", "fm_common_choice"
@@ -354,17 +353,8 @@ def test_masked_neurons_get_zero_gradient_and_stay_off(tiny_llava_next):
 
 
 def test_it_composes_with_a_mask_in_the_mmneuron_model(tiny_llava_next, task_dir, tmp_path):
-    _, components = resolve_components(str(tiny_llava_next), None)
-    infos = {c.name: c.info for c in components}
-    generator = torch.Generator().manual_seed(3)
-    masks = {
-        ("common", n): torch.rand(i.layers, i.width, generator=generator) < 0.3
-        for n, i in infos.items()
-    }
     path = tmp_path / "m.mask.safetensors"
-    NeuronMask(
-        ["common"], infos, identity_of(str(tiny_llava_next)), "random", {}, None, masks
-    ).save(path)
+    write_random_mask(tiny_llava_next, path, seed=3, domains=("common",))
     lm = MMNeuronLMM(
         pretrained=str(tiny_llava_next), device="cpu", mask=str(path), fastmem=1, **MOVING
     )
@@ -473,17 +463,8 @@ def test_fastmem_needs_the_mmneuron_model(tiny_llava_next):
 def test_run_takes_it_as_an_intervention_and_the_grid_adds_its_rows(
     tiny_llava_next, task_dir, tmp_path
 ):
-    _, components = resolve_components(str(tiny_llava_next), None)
-    infos = {c.name: c.info for c in components}
-    generator = torch.Generator().manual_seed(5)
-    masks = {
-        ("common", n): torch.rand(i.layers, i.width, generator=generator) < 0.3
-        for n, i in infos.items()
-    }
     mask = tmp_path / "m.mask.safetensors"
-    NeuronMask(
-        ["common"], infos, identity_of(str(tiny_llava_next)), "random", {}, None, masks
-    ).save(mask)
+    write_random_mask(tiny_llava_next, mask, seed=5, domains=("common",))
     common = [
         "--pretrained",
         str(tiny_llava_next),

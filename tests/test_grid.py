@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 from click.testing import CliRunner
 
 from mmneuron_bench.cli import build_cli
@@ -19,50 +18,27 @@ from mmneuron_bench.interventions.targets import MODULE_SETS
 from mmneuron_bench.lmms.evaluate import evaluate
 from mmneuron_bench.lmms.grid import CSV_COLUMNS, grid_header, grid_tasks, run_grid
 from mmneuron_bench.lmms.model import MMNeuronLMM
-from mmneuron_bench.models.identity import identity_of
-from mmneuron_bench.models.loading import resolve_components
 from mmneuron_bench.selection.random import select_random_like
-from mmneuron_bench.testing import write_tiny_task
+from mmneuron_bench.testing import write_random_mask, write_tiny_task
 
 TASKS = ("grid_common_shapes", "grid_medical_scans")
 LIMIT = 2
-# A score that moves with every change of the response, so each module set shows its effect.
-SCORING = """
-import zlib
-
-
-def process_results(doc, results):
-    return {"score": zlib.crc32(results[0].strip().encode()) / 2**32}
-"""
 
 
 @pytest.fixture(scope="module")
 def task_dir(tmp_path_factory) -> Path:
+    """Tasks scored by a hash of the answer: equal scores mean equal answers."""
     root = tmp_path_factory.mktemp("grid_tasks")
     for seed, name in enumerate(TASKS):
-        folder = write_tiny_task(root, name, n_docs=3, seed=seed)
-        utils = folder / "utils.py"
-        text = utils.read_text()
-        utils.write_text(text[: text.index("def process_results")] + SCORING.lstrip())
-        yaml = folder / f"{name}.yaml"
-        yaml.write_text(yaml.read_text().replace("metric: exact_match", "metric: score"))
+        write_tiny_task(root, name, n_docs=3, seed=seed, metric="answer_hash")
     return root
 
 
 @pytest.fixture(scope="module")
 def mask_path(tiny_llava_next, tmp_path_factory) -> Path:
-    """A mask with domains common and medical, 30 % of every component's neurons each."""
-    _, components = resolve_components(str(tiny_llava_next), None)
-    infos = {c.name: c.info for c in components}
-    generator = torch.Generator().manual_seed(4)
-    masks = {
-        (d, c): torch.rand(i.layers, i.width, generator=generator) < 0.3
-        for d in ("common", "medical")
-        for c, i in infos.items()
-    }
-    model = identity_of(str(tiny_llava_next))
+    """Domains common and medical, 30 % of every component's neurons each."""
     path = tmp_path_factory.mktemp("grid_mask") / "m.mask.safetensors"
-    NeuronMask(["common", "medical"], infos, model, "dape", {}, None, masks).save(path)
+    write_random_mask(tiny_llava_next, path, seed=4)
     return path
 
 
@@ -82,7 +58,7 @@ def _scores(args: list[str], out: Path) -> dict[str, float]:
     result = invoke(*args, "--output", str(out))
     assert result.exit_code == 0, result.output
     results = json.loads((out / "results.json").read_text())["results"]
-    return {task: results[task]["score,none"] for task in TASKS}
+    return {task: results[task]["answer_hash,none"] for task in TASKS}
 
 
 def test_grid_writes_the_full_table_and_agrees_with_single_runs(
@@ -100,14 +76,14 @@ def test_grid_writes_the_full_table_and_agrees_with_single_runs(
     assert grid["mask"] == {"path": str(mask_path), "sha256": sha256_file(mask_path)}
     assert grid["module_sets"] == ["none", "vision", "connector", "llm", "all"]
     assert grid["tasks"] == {
-        TASKS[0]: {"domain": "common", "metric": "score"},
-        TASKS[1]: {"domain": "medical", "metric": "score"},
+        TASKS[0]: {"domain": "common", "metric": "answer_hash"},
+        TASKS[1]: {"domain": "medical", "metric": "answer_hash"},
     }
     cells = {(c["module_set"], c["mask"], c["task"]): c for c in grid["cells"]}
     expected = [(s, "dape") for s in MODULE_SETS] + [(s, "random") for s in list(MODULE_SETS)[1:]]
     assert sorted(cells) == sorted((s, m, t) for s, m in expected for t in TASKS)
     for (_, _, task), cell in cells.items():
-        assert cell["domain"] == grid["tasks"][task]["domain"] and cell["metric"] == "score"
+        assert cell["domain"] == grid["tasks"][task]["domain"] and cell["metric"] == "answer_hash"
     with open(out / "grid.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert tuple(rows[0]) == CSV_COLUMNS

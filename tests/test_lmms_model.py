@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from choices import choice_nll
 
 from mmneuron_bench.domains.tasks import task_manager
 from mmneuron_bench.errors import MaskMismatchError, MMNeuronError
@@ -325,20 +326,6 @@ def test_one_model_runs_under_two_masks_in_one_process(tiny_llava_next, task_dir
         assert _responses(evaluate(base, [VQAV2], manager, LIMIT)) == runs[0]
 
 
-def _choice_nll(processor, model, image, context: str, choice: str) -> float:
-    """Independent scoring: the processor on the whole text, the NLL of the choice's tokens."""
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": context}]}]
-    prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
-    whole = processor(images=[image], text=[prompt + choice], return_tensors="pt")
-    tokenizer = processor.tokenizer
-    k = len(tokenizer(prompt + choice).input_ids) - len(tokenizer(prompt).input_ids)
-    with torch.no_grad():
-        logits = model(**whole).logits[0].double().log_softmax(-1)
-    ids = whole["input_ids"][0]
-    n = ids.shape[0]
-    return -sum(float(logits[n - k - 1 + i, ids[n - k + i]]) for i in range(k))
-
-
 def test_a_multiple_choice_task_runs_on_loglikelihood(tiny_llava_next, task_dir):
     from transformers import AutoProcessor
 
@@ -354,7 +341,7 @@ def test_a_multiple_choice_task_runs_on_loglikelihood(tiny_llava_next, task_dir)
         context = sample["arguments"][0]
         assert context == f"{doc['question']} Answer :"  # the shipped seed_doc_to_text_mc
         choices = (doc["choice_a"], doc["choice_b"], doc["choice_c"], doc["choice_d"])
-        expected = [_choice_nll(processor, lm.model, image, context, f" {c}") for c in choices]
+        expected = [choice_nll(processor, lm.model, image, context, f" {c}") for c in choices]
         got = [nll for nll, _greedy in sample["filtered_resps"]]
         assert got == pytest.approx(expected, rel=1e-5)
         correct += min(range(4), key=expected.__getitem__) == gold

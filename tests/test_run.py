@@ -6,15 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 from click.testing import CliRunner
 
 from mmneuron_bench.cli import build_cli
 from mmneuron_bench.formats.common import sha256_file
-from mmneuron_bench.formats.mask import NeuronMask
-from mmneuron_bench.models.identity import identity_of
-from mmneuron_bench.models.loading import resolve_components
-from mmneuron_bench.testing import write_tiny_task
+from mmneuron_bench.testing import write_random_mask, write_tiny_task
 
 TASKS = ("run_common_shapes", "run_medical_scans")
 
@@ -25,22 +21,6 @@ def task_dir(tmp_path_factory) -> Path:
     for seed, name in enumerate(TASKS):
         write_tiny_task(root, name, n_docs=3, seed=seed)
     return root
-
-
-def write_mask(pretrained: Path, path: Path, fraction: float = 0.3, seed: int = 0) -> NeuronMask:
-    """A mask with domains common and medical over the model's components (no weights loaded)."""
-    adapter, components = resolve_components(str(pretrained), None)
-    infos = {c.name: c.info for c in components}
-    generator = torch.Generator().manual_seed(seed)
-    masks = {
-        (d, c): torch.rand(i.layers, i.width, generator=generator) < fraction
-        for d in ("common", "medical")
-        for c, i in infos.items()
-    }
-    model = identity_of(str(pretrained))
-    mask = NeuronMask(["common", "medical"], infos, model, "dape", {}, None, masks)
-    mask.save(path)
-    return mask
 
 
 def invoke(*args: str):
@@ -58,7 +38,7 @@ def test_run_prints_the_tasks_metrics_and_writes_results_and_provenance(
     tiny_llava_next, task_dir, tmp_path
 ):
     mask_path = tmp_path / "m.mask.safetensors"
-    mask = write_mask(tiny_llava_next, mask_path)
+    mask = write_random_mask(tiny_llava_next, mask_path)
     out = tmp_path / "out"
     args = [*_base_args(tiny_llava_next, task_dir, out), "--mask", str(mask_path)]
     result = invoke(*args, "--modules", "vision+llm", "--limit", "2", "--seed", "3")
@@ -93,7 +73,7 @@ def test_run_prints_the_tasks_metrics_and_writes_results_and_provenance(
 
 def test_the_same_command_twice_gives_the_same_numbers(tiny_instructblip, task_dir, tmp_path):
     mask_path = tmp_path / "m.mask.safetensors"
-    write_mask(tiny_instructblip, mask_path)
+    write_random_mask(tiny_instructblip, mask_path)
     runs = []
     for name in ("first", "second"):
         out = tmp_path / name
@@ -127,7 +107,7 @@ def test_the_same_command_twice_gives_the_same_numbers(tiny_instructblip, task_d
 def test_bad_input_is_a_one_line_error(tiny_llava_next, task_dir, tmp_path, extra, code, message):
     out = tmp_path / "out"
     if "MASK" in extra:
-        write_mask(tiny_llava_next, tmp_path / "m.mask.safetensors")
+        write_random_mask(tiny_llava_next, tmp_path / "m.mask.safetensors")
         extra = [str(tmp_path / "m.mask.safetensors") if x == "MASK" else x for x in extra]
     result = invoke(*_base_args(tiny_llava_next, task_dir, out), *extra)
     assert result.exit_code == code, result.output
@@ -138,7 +118,7 @@ def test_bad_input_is_a_one_line_error(tiny_llava_next, task_dir, tmp_path, extr
 
 def test_a_mask_of_another_model_is_refused(tiny_llava_next, tiny_instructblip, task_dir, tmp_path):
     mask_path = tmp_path / "blip.mask.safetensors"
-    write_mask(tiny_instructblip, mask_path)
+    write_random_mask(tiny_instructblip, mask_path)
     out = tmp_path / "out"
     result = invoke(*_base_args(tiny_llava_next, task_dir, out), "--mask", str(mask_path))
     assert result.exit_code == 1

@@ -157,6 +157,13 @@ class FiniteFloatRange(click.FloatRange):
         return number
 
 
+def out_file_option(help: str) -> Callable:
+    """The required ``--out FILE`` of a command that writes one file."""
+    return click.option(
+        "--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help=help
+    )
+
+
 def check_output_files(*paths: Path | None) -> None:
     """Fail before any work unless every output file can be written, and no two are the same."""
     given = [Path(p) for p in paths if p is not None]

@@ -6,8 +6,8 @@ Loading validates everything; every problem is a one-line `FileFormatError` nami
 Optional metadata, added without a new format version (older readers ignore it; files
 without it still load; release 0.1.0 wrote none of them): ``prompt``, ``unused_layers``, and
 ``documents``: per domain, per task, the ids of the documents counted, as ranges
-(``{"common": {"vqav2": "0-999"}}``, :mod:`mmneuron_bench.formats.documents`), so that merging refuses documents
-counted twice. ``None`` in memory for files that do not say.
+(``{"common": {"vqav2": "0-999"}}``, :mod:`mmneuron_bench.formats.documents`), so that
+merging refuses documents counted twice. ``None`` in memory for files that do not say.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ if TYPE_CHECKING:
         build_tiny_llava_next,
         tiny_image,
     )
+    from mmneuron_bench.testing.masks import write_random_mask
     from mmneuron_bench.testing.tasks import write_tiny_task
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "build_tiny_llava",
     "build_tiny_llava_next",
     "tiny_image",
+    "write_random_mask",
     "write_tiny_task",
 ]
 
@@ -28,6 +30,8 @@ def __getattr__(name: str):
     # `pytest_configure` would fix huggingface_hub's offline flag before it is set.
     if name == "write_tiny_task":
         return import_module("mmneuron_bench.testing.tasks").write_tiny_task
+    if name == "write_random_mask":
+        return import_module("mmneuron_bench.testing.masks").write_random_mask
     if name in __all__:
         return getattr(import_module("mmneuron_bench.testing.checkpoints"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

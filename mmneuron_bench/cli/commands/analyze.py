@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -114,47 +116,26 @@ def deviation(
     """
     from mmneuron_bench.analysis.deviation import DEFINITION, measure_deviation, write_deviation
     from mmneuron_bench.formats.outputs import file_reference
-    from mmneuron_bench.models.loading import model_identity
 
     modules, left_out = choose_module_sets(
         modules, "modules" in given_options(ctx, ("modules",)), preset, model.adapter()
     )
-    group = processes()
-    outputs = ["deviation.json", "deviation.csv"]
-    loaded, mask, tasks, domains, transfers = _prepare(
-        model,
-        task_specs,
-        include_paths,
-        domain,
-        mask_path,
-        output,
-        outputs,
+    inputs = _Inputs(model, task_specs, include_paths, domain, mask_path, output, limit)
+    done = _measure(
+        inputs,
+        ["deviation.json", "deviation.csv"],
         allow_other_model,
-        group,
-    )
-    with _progress(tasks, domains, limit, group) as advance:
-        rows = measure_deviation(
+        lambda loaded, tasks, domains, mask, advance, group: measure_deviation(
             loaded, tasks, domains, mask, modules, seeds, limit, advance, group
-        )
-    if not group.main:
+        ),
+    )
+    if done is None:  # another process than the main one: the main one writes
         return
-    header = {
-        "model": model_identity(loaded, model.pretrained),
-        "mask": file_reference(mask_path),
-        "module_sets": modules,
-        "seeds": seeds,
-        "limit": limit,
-    }
+    header = {"mask": file_reference(mask_path), "module_sets": modules, "seeds": seeds}
     if left_out:
         header["module_sets_left_out"] = left_out
-    if transfers:
-        header["other_model"] = transfers
-    with all_or_nothing():
-        paths = write_deviation(rows, header, output_folder(output))
-    _print_tables(paths[0])
-    click.echo(DEFINITION)
+    _write(inputs, done, header, write_deviation, DEFINITION)
     _left_out_notes(left_out)
-    _wrote(paths)
 
 
 @analyze.command("logit-lens")
@@ -196,7 +177,6 @@ def logit_lens(
     """
     from mmneuron_bench.analysis.logit_lens import DEFINITION, measure_logit_lens, write_logit_lens
     from mmneuron_bench.formats.outputs import file_reference
-    from mmneuron_bench.models.loading import model_identity
 
     if mask_path is None:
         given = given_options(ctx, ("domain", "modules"))
@@ -204,39 +184,23 @@ def logit_lens(
             raise click.UsageError(f"--{option} needs --mask")
     else:
         modules, _ = choose_module_sets(modules, True, preset, model.adapter())
-    group = processes()
-    outputs = ["logit_lens.json", "logit_lens.csv", "logit_lens.png"]
-    loaded, mask, tasks, domains, transfers = _prepare(
-        model,
-        task_specs,
-        include_paths,
-        domain,
-        mask_path,
-        output,
-        outputs,
+    inputs = _Inputs(model, task_specs, include_paths, domain, mask_path, output, limit)
+    done = _measure(
+        inputs,
+        ["logit_lens.json", "logit_lens.csv", "logit_lens.png"],
         allow_other_model,
-        group,
-    )
-    with _progress(tasks, domains, limit, group) as advance:
-        results = measure_logit_lens(
+        lambda loaded, tasks, domains, mask, advance, group: measure_logit_lens(
             loaded, tasks, domains, mask, modules[0], limit, chunk_size, advance, group
-        )
-    if not group.main:
+        ),
+    )
+    if done is None:  # another process than the main one: the main one writes
         return
     header = {
-        "model": model_identity(loaded, model.pretrained),
         "mask": None if mask_path is None else file_reference(mask_path),
         "module_set": None if mask_path is None else modules[0],
         "chunk_size": chunk_size,
-        "limit": limit,
     }
-    if transfers:
-        header["other_model"] = transfers
-    with all_or_nothing():
-        paths = write_logit_lens(results, header, output_folder(output))
-    _print_tables(paths[0])
-    click.echo(DEFINITION)
-    _wrote(paths)
+    _write(inputs, done, header, write_logit_lens, DEFINITION)
 
 
 def _left_out_notes(left_out: dict[str, str]) -> None:
@@ -244,30 +208,67 @@ def _left_out_notes(left_out: dict[str, str]) -> None:
         click.echo(f"module set {module_set!r} left out: {reason}", err=True)
 
 
-def _prepare(
-    model: ModelChoice, task_specs, include_paths, domain, mask_path, output, outputs, allow, group
-):
+@dataclass(frozen=True)
+class _Inputs:
+    """What an analysis measures: the model, its tasks (and their domains) and the mask."""
+
+    model: ModelChoice
+    task_specs: tuple
+    include_paths: tuple
+    domain: Any
+    mask_path: Path | None
+    output: Path
+    limit: int | None
+
+
+def _measure(inputs: _Inputs, outputs: list[str], allow: bool, measure: Callable):
     """Check the mask (its model too), the tasks and their domains, and the output files
-    (cheap), then load the model (on this process's device among ``group``). Tags and groups
-    stand for their tasks."""
+    (cheap), then load the model (on this process's device) and ``measure(loaded, tasks,
+    domains, mask, advance, group)`` with a progress bar. Tags and groups stand for their
+    tasks. Returns ``(loaded, files made on another model, result)`` on the main process,
+    None on the others."""
     from mmneuron_bench.domains.tasks import load_tasks
     from mmneuron_bench.formats.mask import NeuronMask
     from mmneuron_bench.interventions.mask import check_mask_model
 
-    names = task_names(task_specs)
+    model, mask_path = inputs.model, inputs.mask_path
     mask = None if mask_path is None else NeuronMask.load(mask_path)
     if mask is not None:
-        domain.check(mask.domains)
-    tasks = load_tasks(names, list(include_paths))
-    domains = dict.fromkeys(tasks) if mask is None else domain.resolve(tasks, mask.domains)
-    inputs = [mask_path, *model_inputs(model), *task_inputs(include_paths)]
-    check_folder_outputs(output, outputs, inputs)
+        inputs.domain.check(mask.domains)
+    tasks = load_tasks(task_names(inputs.task_specs), list(inputs.include_paths))
+    domains = dict.fromkeys(tasks) if mask is None else inputs.domain.resolve(tasks, mask.domains)
+    files = [mask_path, *model_inputs(model), *task_inputs(inputs.include_paths)]
+    check_folder_outputs(inputs.output, outputs, files)
     transfers = {}
     if mask is not None:
         skeleton, components = model_skeleton(model)
         what = (f"--mask {mask_path}", "")
         transfers = check_mask_model(skeleton, components, mask, None, allow, what)
-    return model.load(group), mask, tasks, domains, transfers
+    group = processes()
+    loaded = model.load(group)
+    with _progress(tasks, domains, inputs.limit, group) as advance:
+        result = measure(loaded, tasks, domains, mask, advance, group)
+    return (loaded, transfers, result) if group.main else None
+
+
+def _write(inputs: _Inputs, done: tuple, header: dict, write: Callable, definition: str) -> None:
+    """Write an analysis' files together (``write(result, header, folder)``), print its
+    tables and definition, and say what was written."""
+    from mmneuron_bench.models.loading import model_identity
+
+    loaded, transfers, result = done
+    header = {
+        "model": model_identity(loaded, inputs.model.pretrained),
+        **header,
+        "limit": inputs.limit,
+    }
+    if transfers:
+        header["other_model"] = transfers
+    with all_or_nothing():
+        paths = write(result, header, output_folder(inputs.output))
+    _print_tables(paths[0])
+    click.echo(definition)
+    _wrote(paths)
 
 
 @contextmanager

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from mmneuron_bench.cli.checks import check_outputs
+from mmneuron_bench.cli.options import out_file_option
 from mmneuron_bench.console import print_table
 from mmneuron_bench.errors import MaskMismatchError, MMNeuronError
 from mmneuron_bench.formats import stats as stats_file
@@ -58,12 +59,7 @@ def merge_files(paths: list[Path]) -> ActivationStats:
 
 @click.command()
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option(
-    "--out",
-    required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Stats file to write (*.stats.safetensors).",
-)
+@out_file_option("Stats file to write (*.stats.safetensors).")
 def merge(inputs: tuple[Path, ...], out: Path) -> None:
     """Sum the statistics files INPUTS, recorded over disjoint samples, into --out.
 

@@ -22,6 +22,7 @@ from mmneuron_bench.cli.options import (
     ModelChoice,
     OptionConflict,
     model_options,
+    out_file_option,
     preset_option,
     task_names,
 )
@@ -213,12 +214,7 @@ def _load_neurons(path: Path):
     multiple=True,
     help="Keep only this token or word (all its tokens); repeat for several.",
 )
-@click.option(
-    "--out",
-    required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Neurons file to write (mask format, *.mask.safetensors).",
-)
+@out_file_option("Neurons file to write (mask format, *.mask.safetensors).")
 @click.option(
     "--scores",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -523,12 +519,7 @@ def _ablation_table(mask, results, draws: int, seed: int, method: str, sigma) ->
     show_default=True,
     help="Share of each neuron's source-direction output moved to the target (see docs).",
 )
-@click.option(
-    "--out",
-    required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Edit file to write (*.edit.safetensors).",
-)
+@out_file_option("Edit file to write (*.edit.safetensors).")
 @click.option(
     "--report",
     type=click.Path(dir_okay=False, path_type=Path),

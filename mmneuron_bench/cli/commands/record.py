@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
 from mmneuron_bench.cli.checks import check_outputs, model_inputs, task_inputs
@@ -11,6 +9,7 @@ from mmneuron_bench.cli.options import (
     ModelChoice,
     domain_definitions,
     model_options,
+    out_file_option,
     preset_option,
 )
 from mmneuron_bench.console import print_table, progress
@@ -48,12 +47,7 @@ def _check_token_scope(model: ModelChoice, token_scope: str) -> None:
     show_default=True,
     help="Language-model positions counted.",
 )
-@click.option(
-    "--out",
-    required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Output FILE.stats.safetensors.",
-)
+@out_file_option("Output FILE.stats.safetensors.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its checkpoint.")
 @preset_option
 def record(

@@ -13,7 +13,12 @@ from mmneuron_bench.analysis.distribution import (
     selection_table,
 )
 from mmneuron_bench.cli.checks import SEED, check_outputs
-from mmneuron_bench.cli.options import FiniteFloatRange, OptionConflict, given_options
+from mmneuron_bench.cli.options import (
+    FiniteFloatRange,
+    OptionConflict,
+    given_options,
+    out_file_option,
+)
 from mmneuron_bench.console import print_table
 from mmneuron_bench.errors import MMNeuronError
 from mmneuron_bench.formats.common import sha256_file
@@ -27,12 +32,7 @@ DAPE_OPTIONS = ("top_rate", "filter_rate", "bar_ratio")
 
 @click.command()
 @click.argument("stats", required=False, type=click.Path(dir_okay=False, path_type=Path))
-@click.option(
-    "--out",
-    required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Mask file to write (*.mask.safetensors).",
-)
+@out_file_option("Mask file to write (*.mask.safetensors).")
 @click.option(
     "--method",
     type=click.Choice(["dape", "random"]),
