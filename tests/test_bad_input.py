@@ -27,6 +27,7 @@ from mmneuron_bench.errors import MaskMismatchError, MMNeuronError
 from mmneuron_bench.formats.edit import ColumnEdit, WeightEdit
 from mmneuron_bench.formats.mask import NeuronMask
 from mmneuron_bench.formats.stats import ActivationStats
+from mmneuron_bench.models.identity import identity_of
 from mmneuron_bench.testing import write_tiny_task
 
 COMMON, MEDICAL = "bi_common_shapes", "bi_medical_scans"
@@ -179,6 +180,21 @@ def test_1_a_file_of_another_model_is_refused_naming_both(
     assert "fingerprint" in found and "--allow-other-model" in found
     assert contents(*files.values()) == before
     assert list(tmp_path.iterdir()) == []
+
+
+def test_1_a_model_changed_in_its_own_folder_is_said_so(files, tasks, tiny_llava_next, tmp_path):
+    """The mask names the folder the model is in now: the message says the folder's model
+    changed, not that two folders differ."""
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_llava_next, folder)
+    mask = tmp_path / "m.mask.safetensors"
+    replace(NeuronMask.load(files["mask"]), model=identity_of(str(folder))).save(mask)
+    config = json.loads((folder / "config.json").read_text())
+    config["text_config"]["rms_norm_eps"] = 1e-5
+    (folder / "config.json").write_text(json.dumps(config))
+    args = _applying("run", {**files, "mask": mask}, tasks, tmp_path / "out", folder)
+    found = refused(cli(*args), f"another model in the same place '{folder}'", "changed since")
+    assert "--allow-other-model" in found and not (tmp_path / "out").exists()
 
 
 def test_1_a_deliberate_transfer_is_applied_and_recorded(files, tasks, other, tmp_path):

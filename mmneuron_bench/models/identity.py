@@ -11,7 +11,9 @@ its fine-tune of another config) needs ``--allow-other-model`` (model argument
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
+from typing import Any
 
 from torch import nn
 
@@ -41,11 +43,23 @@ def check_same_model(
 def other_model(recorded: Mapping, model: nn.Module, what: str) -> str:
     """``what was made on 'A' (fingerprint ...), not on 'B' (fingerprint ...)``: both models."""
     name = getattr(model.config, "_name_or_path", "") or type(model).__name__
+    was, now = str(recorded.get("fingerprint"))[:12], fingerprint(model)[:12]
+    if _same_place(recorded.get("name_or_path"), name):
+        return (
+            f"{what} was made on another model in the same place {name!r}: its config or "
+            f"parameter shapes have changed since (fingerprint {was}, now {now})"
+        )
     return (
         f"{what} was made on another model: {recorded.get('name_or_path')!r} (fingerprint "
-        f"{str(recorded.get('fingerprint'))[:12]}), not {name!r} (fingerprint "
-        f"{fingerprint(model)[:12]})"
+        f"{was}), not {name!r} (fingerprint {now})"
     )
+
+
+def _same_place(recorded: Any, name: str) -> bool:
+    """Whether a recorded model name and this one are the same hub id or local folder."""
+    if not isinstance(recorded, str):
+        return False
+    return recorded == name or os.path.realpath(recorded) == os.path.realpath(name)
 
 
 def check_files(
