@@ -345,6 +345,18 @@ def test_bad_options_are_refused(case):
     assert hook_count(case) == 0
 
 
+def test_a_role_the_model_has_no_neurons_of_is_refused(case):
+    """As the CLI refuses such a module set: switching off a role without components would
+    silently switch nothing off."""
+    kept = [c for c in case.components if c.role != "connector"]
+    mask = random_mask({c.name: c.info for c in kept})
+    with pytest.raises(MaskMismatchError, match="role 'connector': the model has no neurons"):
+        Deactivation(kept, mask, roles=["vision", "connector"])
+    with Deactivation(kept, mask, roles="all") as deactivation:  # all: every role it has
+        assert sum(deactivation.counts.values()) > 0
+    assert hook_count(case) == 0
+
+
 @pytest.mark.parametrize("mode", ["zero", "mean"])
 def test_in_place_write_never_touches_the_input_or_autograd(mode):
     """Without autograd the hook writes into the activation in place; it copies instead when

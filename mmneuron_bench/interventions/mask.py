@@ -36,6 +36,7 @@ from mmneuron_bench.interventions.targets import (
     parse_modules,
 )
 from mmneuron_bench.models.adapter import Component
+from mmneuron_bench.models.components import ROLES
 from mmneuron_bench.models.hooks import forward_hooks
 
 MODES = ("zero", "mean")
@@ -84,7 +85,8 @@ class Deactivation:
 
     ``components`` are the model's resolved components (``adapter.resolve(model)``).
     ``domains``: ``"all"``, one domain or a list (the union of their masks is switched off).
-    ``roles``: ``"all"``, ``"none"``, one of ``vision``/``connector``/``llm`` or a list.
+    ``roles``: ``"all"``, ``"none"``, one of ``vision``/``connector``/``llm`` or a list; a
+    role none of ``components`` has is refused (nothing would be switched off there).
     ``mode="zero"`` sets the neurons to 0.0; ``mode="mean"`` sets each to its mean activation
     pooled over the chosen domains, ``sum(stats.sum[domains]) / sum(stats.tokens[domains])``
     (every token of those domains weighs the same), cast to the activation dtype. ``stats``
@@ -106,6 +108,14 @@ class Deactivation:
             raise ValueError("stats are required for mode 'mean' and only used there")
         infos = {c.name: c.info for c in components}
         mask.check_matches(infos)
+        if roles not in ("all", "none"):
+            present = {c.role for c in components}
+            for role in _as_list(roles):
+                if role in ROLES and role not in present:
+                    raise MaskMismatchError(
+                        f"role {role!r}: the model has no neurons there (it has "
+                        f"{', '.join(sorted(present))}), so nothing would be switched off"
+                    )
         chosen = mask.select(domains, [] if roles == "none" else roles)
         domain_names = mask.domains if domains == "all" else _as_list(domains)
         means = None if stats is None else _pooled_means(stats, infos, domain_names)
