@@ -172,6 +172,23 @@ def test_llama_vision_base_gets_the_attributes_it_never_sets(tiny_checkpoint_dir
     assert lm.max_length == 512
 
 
+def test_llama_vision_says_it_answers_one_request_at_a_time(tiny_checkpoint_dir, tmp_path):
+    """lmms-eval's llama_vision ignores the batch size: a note says so, and the answers are
+    those of batch size 1."""
+    write_tiny_task(tmp_path / "tasks", "mllama_batch", n_docs=3, seed=2)
+    common = ["run", "--pretrained", tiny_checkpoint_dir["mllama"], "--tasks", "mllama_batch",
+              "--include-path", tmp_path / "tasks"]  # fmt: skip
+    answers = {}
+    for size in (1, 2):
+        result = _cli(*common, "--batch-size", size, "--output", tmp_path / str(size))
+        assert result.exit_code == 0, result.output
+        noted = "'llama_vision' answers one request at a time whatever the batch size"
+        assert (noted in result.stderr) == (size == 2)
+        lines = (tmp_path / str(size) / "samples_mllama_batch.jsonl").read_text().splitlines()
+        answers[size] = [json.loads(line)["resps"] for line in lines]
+    assert answers[2] == answers[1] and len(answers[1]) == 3
+
+
 def test_run_refuses_modules_connector_and_the_grid_has_no_connector_row(
     loaded, tiny_checkpoint_dir, tmp_path
 ):

@@ -23,7 +23,8 @@ release without the trap passes through untouched:
 - ``instructblip`` returns prompt + answer on transformers 5, and ``llava_hf``,
   ``instructblip`` and ``mistral3_vl`` turn a failed ``generate`` into an empty answer:
   :func:`checked_generate`.
-- ``llava_hf`` and ``instructblip`` assert batch size 1 mid-run: :func:`check_batch_size`.
+- ``llava_hf`` and ``instructblip`` assert batch size 1 mid-run, ``llama_vision`` ignores the
+  batch size: :func:`check_batch_size`.
 - A base without a ``dtype`` argument never gets one (the Qwen bases and ``gemma3`` assert
   on unknown arguments; ``internvl_hf`` swallows it and loads bfloat16): :func:`base_kwargs`
   drops it and :func:`honour_dtype` casts the loaded model to the dtype asked for.
@@ -50,6 +51,7 @@ import types
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+import click
 import torch
 
 from mmneuron_bench.distributed import launched_processes, process_device
@@ -60,6 +62,8 @@ from mmneuron_bench.errors import MMNeuronError
 ECHOING_BASES = ("instructblip",)
 # Bases whose generate_until asserts batch_size_per_gpu == 1 (lmms-eval 0.7.3).
 ONE_REQUEST_BASES = ("llava_hf", "instructblip")
+# Bases that take a batch size and answer one request at a time all the same.
+UNBATCHED_BASES = ("llama_vision",)
 # Bases that give the tokenizer's chat template string message content and take a
 # `chat_template` argument that replaces the tokenizer's (lmms-eval 0.7.3).
 STRING_CONTENT_BASES = ("llava_hf",)
@@ -310,10 +314,19 @@ def fill_unset_attributes(base: Any, batch_size: Any = 1) -> None:
 
 
 def check_batch_size(base: str, batch_size: Any) -> None:
-    """Refuse up front a batch size the base would assert on mid-evaluation."""
-    if base in ONE_REQUEST_BASES and str(batch_size).isdigit() and int(batch_size) > 1:
+    """Refuse up front a batch size the base would assert on mid-evaluation; say (on stderr)
+    that a base which ignores it answers one request at a time."""
+    if not (str(batch_size).isdigit() and int(batch_size) > 1):
+        return
+    if base in ONE_REQUEST_BASES:
         raise MMNeuronError(
             f"lmms-eval 0.7.3's {base!r} generates one request at a time; use batch size 1"
+        )
+    if base in UNBATCHED_BASES:
+        click.echo(
+            f"note: lmms-eval 0.7.3's {base!r} answers one request at a time whatever the "
+            f"batch size ({batch_size} given); the answers are the same",
+            err=True,
         )
 
 
