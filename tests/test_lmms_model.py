@@ -23,7 +23,8 @@ from mmneuron_bench.interventions.mask import Deactivation
 from mmneuron_bench.interventions.targets import DomainChoice, auto_domain, parse_modules
 from mmneuron_bench.lmms.evaluate import evaluate
 from mmneuron_bench.lmms.model import MMNeuronLMM
-from mmneuron_bench.lmms.workarounds import base_kwargs, import_base
+from mmneuron_bench.lmms.workarounds import base_kwargs, checked_generate, import_base
+from mmneuron_bench.models.loading import load_model
 from mmneuron_bench.testing import tiny_image
 
 DOMAINS = ["common", "documents"]
@@ -371,6 +372,23 @@ def test_a_failed_generation_is_an_error_not_an_empty_answer(tiny_llava_next, tm
     manager = task_manager(["t_common_broken"], [str(tmp_path)], lm.base_name)
     with pytest.raises(MMNeuronError, match="generation failed: ZeroDivisionError"):
         evaluate(lm, ["t_common_broken"], manager)
+
+
+def test_the_generate_patch_puts_back_what_was_there(tiny_llava_next):
+    """The class's generate comes back as it was; so does a generate the instance had of its
+    own (another wrapper's)."""
+    model = load_model(str(tiny_llava_next)).model
+    with checked_generate(model, slice_prompt=True):
+        assert "generate" in vars(model)
+    assert "generate" not in vars(model)
+
+    def wrapped(*args, **kwargs):
+        return type(model).generate(model, *args, **kwargs)
+
+    model.generate = wrapped
+    with checked_generate(model, slice_prompt=True):
+        assert model.generate is not wrapped
+    assert model.generate is wrapped
 
 
 @pytest.mark.slow

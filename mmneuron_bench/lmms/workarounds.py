@@ -363,6 +363,7 @@ def checked_generate(
     called after each call with the number of sequences it generated (progress).
     """
     original = model.generate
+    own = vars(model).get("generate")  # an instance's own generate, put back afterwards
     failures: list[BaseException] = []
 
     def generate(*args: Any, **kwargs: Any) -> Any:
@@ -384,7 +385,10 @@ def checked_generate(
     try:
         yield
     finally:
-        del model.generate
+        if own is None:
+            del model.generate
+        else:
+            model.generate = own
     if failures:
         first = str(failures[0]).strip().splitlines()
         detail = first[0] if first else type(failures[0]).__name__
