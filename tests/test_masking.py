@@ -352,8 +352,9 @@ def test_a_role_the_model_has_no_neurons_of_is_refused(case):
     mask = random_mask({c.name: c.info for c in kept})
     with pytest.raises(MaskMismatchError, match="role 'connector': the model has no neurons"):
         Deactivation(kept, mask, roles=["vision", "connector"])
-    with Deactivation(kept, mask, roles="all") as deactivation:  # all: every role it has
-        assert sum(deactivation.counts.values()) > 0
+    for every in ("all", ["vision", "connector", "llm"]):  # every role it has
+        with Deactivation(kept, mask, roles=every) as deactivation:
+            assert sum(deactivation.counts.values()) > 0
     assert hook_count(case) == 0
 
 

@@ -85,8 +85,9 @@ class Deactivation:
 
     ``components`` are the model's resolved components (``adapter.resolve(model)``).
     ``domains``: ``"all"``, one domain or a list (the union of their masks is switched off).
-    ``roles``: ``"all"``, ``"none"``, one of ``vision``/``connector``/``llm`` or a list; a
-    role none of ``components`` has is refused (nothing would be switched off there).
+    ``roles``: ``"all"``, ``"none"``, one of ``vision``/``connector``/``llm`` or a list; every
+    role (``"all"`` or all three) means every role the model has, and otherwise a role none of
+    ``components`` has is refused (nothing would be switched off there).
     ``mode="zero"`` sets the neurons to 0.0; ``mode="mean"`` sets each to its mean activation
     pooled over the chosen domains, ``sum(stats.sum[domains]) / sum(stats.tokens[domains])``
     (every token of those domains weighs the same), cast to the activation dtype. ``stats``
@@ -108,7 +109,7 @@ class Deactivation:
             raise ValueError("stats are required for mode 'mean' and only used there")
         infos = {c.name: c.info for c in components}
         mask.check_matches(infos)
-        if roles not in ("all", "none"):
+        if roles not in ("all", "none") and set(_as_list(roles)) != set(ROLES):  # all: all it has
             present = {c.role for c in components}
             for role in _as_list(roles):
                 if role in ROLES and role not in present:
