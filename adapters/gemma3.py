@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 from mmneuron_bench import ModelAdapter, fc_mlp, gated_mlp, hookimpl
-from mmneuron_bench.models.adapter import starts_with_bos
+from mmneuron_bench.models.adapter import encode_image_lists
 
 _LLM = "model.language_model.layers"
 
@@ -51,13 +51,7 @@ class Gemma3Adapter(ModelAdapter):
         starts with ``<bos>`` and the tokenizer adds another unless told not to (as
         ``apply_chat_template(tokenize=True)``, which lmms-eval's gemma3 uses, does).
         """
-        return processor(
-            images=[[image] for image in images],
-            text=texts,
-            padding=True,
-            return_tensors="pt",
-            add_special_tokens=not starts_with_bos(processor, texts),
-        )
+        return encode_image_lists(processor, images, texts)
 
 
 @hookimpl

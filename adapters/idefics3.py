@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 from mmneuron_bench import ModelAdapter, fc_mlp, gated_mlp, hookimpl
-from mmneuron_bench.models.adapter import starts_with_bos
+from mmneuron_bench.models.adapter import encode_image_lists
 
 _LLM = "model.text_model.layers"
 
@@ -50,13 +50,7 @@ class Idefics3Adapter(ModelAdapter):
     def encode(self, processor: Any, images: list, texts: list[str]) -> dict:
         """One image list per sample (``SmolVLMProcessor`` reads a flat list as one sample's
         images), and no second ``<bos>`` when the chat template already starts with one."""
-        return processor(
-            images=[[image] for image in images],
-            text=texts,
-            padding=True,
-            return_tensors="pt",
-            add_special_tokens=not starts_with_bos(processor, texts),
-        )
+        return encode_image_lists(processor, images, texts)
 
 
 @hookimpl

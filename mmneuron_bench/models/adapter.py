@@ -90,6 +90,19 @@ def starts_with_bos(processor: Any, texts: list[str]) -> bool:
     return bool(bos) and all(text.startswith(bos) for text in texts)
 
 
+def encode_image_lists(processor: Any, images: list, texts: list[str]) -> dict:
+    """The processor's inputs with one image list per sample (processors that read a flat
+    list as one sample's images) and no second ``<bos>`` where the prompts already start with
+    one (:func:`starts_with_bos`)."""
+    return processor(
+        images=[[image] for image in images],
+        text=texts,
+        padding=True,
+        return_tensors="pt",
+        add_special_tokens=not starts_with_bos(processor, texts),
+    )
+
+
 def get_module(model: nn.Module, path: str, adapter: str, what: str) -> nn.Module:
     """``model.get_submodule(path)`` with an error that names the adapter and the path."""
     try:
