@@ -38,11 +38,6 @@ _ENVIRONMENT = {
 _quiet = False
 
 
-def libraries_quiet() -> bool:
-    """Whether the libraries' output is being kept out right now."""
-    return _quiet
-
-
 @contextlib.contextmanager
 def quiet_libraries() -> Iterator[_Release]:
     """Keep the libraries' logs, warnings and progress bars out of the terminal in the block.

@@ -86,7 +86,7 @@ def model_identity(loaded: LoadedModel, pretrained: str) -> dict:
     }
 
 
-def fingerprint(model: nn.Module, name_or_path: str | None = None) -> str:
+def fingerprint(model: nn.Module) -> str:
     """sha256 of the config and of every parameter's name and shape: the same architecture
     and size give the same fingerprint, whatever the folder, dtype or device it was loaded
     with."""

@@ -18,7 +18,7 @@ from typing import Any
 
 import pluggy
 
-from mmneuron_bench.errors import AdapterError, MMNeuronError
+from mmneuron_bench.errors import AdapterError
 from mmneuron_bench.interventions.base import InterventionKind
 from mmneuron_bench.models.adapter import ModelAdapter
 from mmneuron_bench.plugins import hookspecs
@@ -83,13 +83,6 @@ class PluginRegistry:
             if reason:
                 raise AdapterError(f"model type {kind!r}: {reason}")
         raise AdapterError(f"no installed adapter handles model type {kind!r}")
-
-    def intervention_kind(self, name: str) -> InterventionKind:
-        """The intervention kind called ``name``; an unknown name is an :class:`MMNeuronError`."""
-        if name not in self.interventions:
-            known = ", ".join(sorted(self.interventions)) or "none"
-            raise MMNeuronError(f"unknown intervention kind {name!r} (installed: {known})")
-        return self.interventions[name].kind
 
     def intervention_args(self) -> dict[str, InterventionKind]:
         """Every model argument key of every intervention kind -> its kind."""
